@@ -1,0 +1,42 @@
+"""MeZO with heavy-ball momentum, the ConMeZO paper's baseline.
+
+Same Gaussian z as MeZO, but the step follows m ← β m + (1−β) p·z, which costs
+one parameter-sized buffer.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from zo.optim import register
+from zo.optim.base import OptimConfig
+from zo.optim.mezo import MeZO
+
+
+@register
+class MeZOMomentum(MeZO):
+    name = "mezo_momentum"
+    uses_beta = True
+
+    def __init__(self, model: torch.nn.Module, cfg: OptimConfig, seed: int) -> None:
+        super().__init__(model, cfg, seed)
+        self.momentum = [torch.zeros_like(p, dtype=self.momentum_dtype(p)) for p in self.params]
+
+    def update(self, lr: float, beta: float | None) -> None:
+        assert beta is not None
+        for i, p in enumerate(self.params):
+            g = self.projected_grad * self.direction(i, p.data)
+            m = beta * self.momentum[i].float() + (1.0 - beta) * g
+            self.write(self.momentum[i], m, i, salt=2)
+            self.step_param(i, p.data, m, lr)
+
+    def reference_vector(self, i: int, p: torch.Tensor) -> torch.Tensor:
+        return self.momentum[i].float()
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "momentum": self.momentum}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        for buf, saved in zip(self.momentum, state["momentum"], strict=True):
+            buf.copy_(saved)
