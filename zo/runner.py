@@ -1,0 +1,258 @@
+"""The training loop, top to bottom.
+
+    load task, model, objective, optimizer   (or resume them from checkpoint.pt)
+    evaluate once before training
+    for each step:  two perturbed forwards → projected gradient → update
+                    log a row; sometimes evaluate, check alignment, checkpoint
+    evaluate at the end; write summary.json
+
+Everything random is a function of (train.seed, step): the batch, the direction,
+the rounding. That is what makes a resumed run identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import resource
+import signal
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from data import TaskData, build_task, load_task_data
+from zo import ZOError, checkpoint
+from zo.config import model_config, optim_config
+from zo.models import load_model
+from zo.noise import mix
+from zo.objective import build_objective
+from zo.optim import build
+from zo.schedule import BetaSchedule
+from zo.tracking import MetricsLog, Progress, WandB, write_json
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ZOError("train.device=cuda but no CUDA device is visible; use train.device=cpu or auto")
+    return torch.device(name)
+
+
+def data_root(value: str | None) -> Path | None:
+    """data.root (default: env ZO_DATA_ROOT), else the shared datasets folder beside the repo."""
+    if value:
+        return Path(value).expanduser()
+    shared = REPO.parent / "shared" / "datasets"
+    return shared if shared.is_dir() else None
+
+
+def batch_indices(n: int, size: int, seed: int, step: int) -> list[int]:
+    """Indices of step `step`'s batch: epochs of seeded permutations, a pure function of its inputs."""
+    out: list[int] = []
+    position = (step - 1) * size
+    while len(out) < size:
+        epoch, offset = divmod(position + len(out), n)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(mix(seed, epoch, 0xBA7C)))
+        out += perm[offset : offset + size - len(out)].tolist()
+    return out
+
+
+def peak_memory_mib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # KiB on Linux
+
+
+def alignment(model, objective, batch, optimizer) -> dict[str, float]:
+    """cos(v, ∇f) for the optimizer's reference vector v (momentum, or z for MeZO), via one backward.
+
+    Costs a parameter-sized gradient buffer plus the activations of one batch:
+    roughly training memory for a moment, so it is off by default on large models.
+    """
+    model.zero_grad(set_to_none=True)
+    with torch.enable_grad():
+        objective.loss(model, batch).backward()
+    dot = ref_sq = grad_sq = 0.0
+    for i, p in enumerate(optimizer.params):
+        grad = p.grad.float() if p.grad is not None else torch.zeros_like(p, dtype=torch.float32)
+        ref = optimizer.reference_vector(i, p.data)
+        dot += float((ref * grad).sum())
+        ref_sq += float(ref.pow(2).sum())
+        grad_sq += float(grad.pow(2).sum())
+        p.grad = None
+    cos = dot / math.sqrt(ref_sq * grad_sq) if ref_sq > 0 and grad_sq > 0 else 0.0
+    return {"align_cos": cos, "align_cos2": cos * cos, "inv_d": 1.0 / optimizer.d}
+
+
+class StopFlag:
+    """SIGTERM/SIGINT ask the loop to checkpoint and leave after the current step."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.signal is not None:  # a second signal means "now"
+            raise KeyboardInterrupt
+        self.signal = signum
+
+    def restore(self) -> None:
+        for s, handler in self._old.items():
+            signal.signal(s, handler)
+
+
+def load_data(cfg: DictConfig, task) -> TaskData:
+    if task.task_type == "synthetic":
+        return TaskData([], [], [], {"task": task.name, "sampling": "none"})
+    sampling = cfg.task.sampling
+    if sampling == "auto":
+        sampling = "kshot" if cfg.model.kind == "mlm" else "fixed"
+    t = cfg.task
+    return load_task_data(
+        task,
+        data_root(cfg.data.root),
+        sampling=sampling,
+        k=t.k,
+        num_train=t.num_train,
+        num_dev=t.num_dev,
+        num_test=t.num_test,
+        test_cap=t.test_cap,
+        data_seed=t.data_seed,
+    )
+
+
+def run(cfg: DictConfig, out_dir: Path) -> dict:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary_path = out_dir / "summary.json"
+    previous = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    if previous.get("status") == "finished" and cfg.resume and not cfg.force:
+        print(f"already finished: {out_dir} (force=true runs it again)")
+        return previous
+    OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
+
+    # ---- build everything ---------------------------------------------------------------------
+    device = pick_device(cfg.train.device)
+    task = build_task(cfg.task.name)
+    data = load_data(cfg, task)
+    model, tokenizer = load_model(model_config(cfg), task.num_labels, cfg.train.seed)
+    model.to(device).eval()  # dropout off: f(x+λz) and f(x−λz) must see the same network
+    objective = build_objective(task, cfg.model.kind, tokenizer, cfg.task.max_length)
+    optimizer = build(model, optim_config(cfg), cfg.train.seed)
+    schedule = BetaSchedule(beta_final=cfg.optimizer.beta, kind=cfg.schedule.kind,
+                            beta_start=cfg.schedule.beta_start, flat_steps=cfg.schedule.flat_steps,
+                            ramp_end=cfg.schedule.ramp_end, ref_steps=cfg.schedule.ref_steps,
+                            total_steps=cfg.train.steps)  # fmt: skip
+    eval_set = data.test[: cfg.train.eval_samples]
+    if task.task_type != "synthetic" and (not data.train or not eval_set):
+        raise ZOError(f"task {task.name}: empty train or test split after sampling; check task.* sizes")
+    steps, metric = cfg.train.steps, objective.metric
+
+    def evaluate() -> dict[str, float]:
+        return objective.evaluate(model, eval_set, cfg.train.eval_batch_size)
+
+    # ---- start or resume --------------------------------------------------------------------
+    resumed = checkpoint.load(out_dir, model, optimizer) if cfg.resume else None
+    start = resumed[0] if resumed else 0
+    log = MetricsLog(out_dir / "metrics.jsonl", keep_bytes=resumed[1] if resumed else None)
+    summary = {
+        "status": "running",
+        "error": None,
+        "step": start,
+        "steps": steps,
+        "metric": metric,
+        "initial": previous.get("initial") if resumed else None,
+        "final": None,
+        "best": previous.get("best") if resumed else None,
+        "s_per_step": None,
+        "peak_mem_mib": None,
+        "device": str(device),
+        "params": optimizer.d,
+        "overrides": list(cfg.get("overrides", [])),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "data": data.info,
+        "output_dir": str(out_dir),
+    }
+    write_json(summary_path, summary)
+    wandb = WandB(cfg, out_dir, run_id=previous.get("wandb_id") or f"zo-{mix(time.time_ns()) % 10**10}")
+    summary["wandb_id"] = wandb.run.id if wandb.run is not None else None
+
+    def record(row: dict, evaluated: bool) -> None:
+        log.write(row)
+        wandb.log(row)
+        progress.step(row, evaluated)
+        if evaluated:
+            better = min if metric == "loss" else max
+            best = summary["best"]
+            if best is None or better(row[metric], best[metric]) != best[metric]:
+                summary["best"] = {metric: row[metric], "step": row["step"]}
+
+    progress = Progress(steps, start, metric)
+    if start == 0:
+        summary["initial"] = evaluate()
+        record({"step": 0, **summary["initial"]}, evaluated=True)
+    stop = StopFlag()
+    times: list[float] = []
+    try:
+        # ---- the ZO loop ----------------------------------------------------------------------
+        for step in range(start + 1, steps + 1):
+            t0 = time.perf_counter()
+            batch = [data.train[i] for i in batch_indices(len(data.train), cfg.train.batch_size,
+                                                          cfg.train.seed, step)] if data.train else []  # fmt: skip
+            optimizer.begin_step(step)
+            with torch.no_grad():
+                with optimizer.perturb(+1):
+                    loss_plus = float(objective.loss(model, batch))
+                with optimizer.perturb(-1):
+                    loss_minus = float(objective.loss(model, batch))
+            projected = optimizer.estimate(loss_plus, loss_minus)
+            beta = schedule(step) if optimizer.uses_beta else None
+            optimizer.update(cfg.optimizer.lr, beta)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - t0)
+            row = {
+                "step": step,
+                "loss": 0.5 * (loss_plus + loss_minus),
+                "lr": cfg.optimizer.lr,
+                "beta_t": beta,
+                "theta": cfg.optimizer.theta if optimizer.name == "conmezo" else None,
+                "projected_grad": projected,
+                "step_time_s": times[-1],
+            }
+            if cfg.log.align_every and step % cfg.log.align_every == 0:
+                row |= alignment(model, objective, batch, optimizer)
+            evaluated = (cfg.train.eval_every and step % cfg.train.eval_every == 0) or step == steps
+            if evaluated:
+                row |= evaluate()
+            record(row, evaluated)
+            summary["step"] = step
+            if stop.signal is not None or (cfg.ckpt.every and step % cfg.ckpt.every == 0):
+                checkpoint.save(out_dir, model, optimizer, step, log.bytes)
+            if stop.signal is not None:
+                summary["status"] = "interrupted"
+                summary["error"] = (f"stopped by signal {stop.signal} after step {step}; resume with "
+                                    f"hydra.run.dir={out_dir} resume=true")  # fmt: skip
+                break
+        else:
+            summary["status"] = "finished"
+            summary["final"] = summary["initial"] if steps == 0 else {
+                k: v for k, v in row.items() if k in (metric, "em", "eval_loss")}  # fmt: skip
+    except (ZOError, KeyboardInterrupt) as err:
+        summary["status"] = "failed" if isinstance(err, ZOError) else "interrupted"
+        summary["error"] = str(err) or "interrupted"
+        raise
+    finally:
+        stop.restore()
+        progress.close()
+        log.close()
+        summary["s_per_step"] = statistics.median(times) if times else None
+        summary["peak_mem_mib"] = peak_memory_mib(device)
+        write_json(summary_path, summary)
+        wandb.finish(summary)
+    return summary
