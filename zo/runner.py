@@ -63,6 +63,10 @@ def batch_indices(n: int, size: int, seed: int, step: int) -> list[int]:
     return out
 
 
+def train_batch(train: list, size: int, seed: int, step: int) -> list:
+    return [train[i] for i in batch_indices(len(train), size, seed, step)] if train else []
+
+
 def peak_memory_mib(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -202,8 +206,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         # ---- the ZO loop ----------------------------------------------------------------------
         for step in range(start + 1, steps + 1):
             t0 = time.perf_counter()
-            batch = [data.train[i] for i in batch_indices(len(data.train), cfg.train.batch_size,
-                                                          cfg.train.seed, step)] if data.train else []  # fmt: skip
+            batch = train_batch(data.train, cfg.train.batch_size, cfg.train.seed, step)
             optimizer.begin_step(step)
             with torch.no_grad():
                 with optimizer.perturb(+1):
