@@ -179,6 +179,27 @@ class CausalLM(_Tokenized):
         return -torch.cat(self.continuation_logprobs(model, pairs)).mean()
 
     def scores(self, model: nn.Module, batch: list[Example]) -> torch.Tensor:
+        candidates = [self.task.causal_candidates(ex) for ex in batch]
+        single = [[self.encode(c, special=False) for c in cands] for cands in candidates]
+        if all(len(ids) == 1 for cands in single for ids in cands) and len({len(c) for c in single}) == 1:
+            return self._next_token_scores(model, batch, [[ids[0] for ids in cands] for cands in single])
+        return self._sequence_scores(model, batch)
+
+    def _next_token_scores(
+        self, model: nn.Module, batch: list[Example], ids: list[list[int]]
+    ) -> torch.Tensor:  # noqa: E501
+        """Single-token candidates: one forward over the contexts, read the next-token distribution.
+
+        Same numbers as scoring each context+candidate sequence, at 1/C of the cost.
+        """
+        seqs, _ = self._sequences([(self.task.causal_prompt(ex), "") for ex in batch])
+        tokens, mask = _pad(seqs, self.tok.pad_token_id, _device(model))
+        hidden = model.base_model(input_ids=tokens, attention_mask=mask).last_hidden_state
+        last = hidden[torch.arange(len(batch)), torch.tensor([len(s) - 1 for s in seqs])]
+        logprobs = model.get_output_embeddings()(last).float().log_softmax(-1)
+        return logprobs.gather(-1, torch.tensor(ids, device=logprobs.device)).log_softmax(-1)
+
+    def _sequence_scores(self, model: nn.Module, batch: list[Example]) -> torch.Tensor:
         pairs, owners = [], []
         for i, ex in enumerate(batch):
             for cand in self.task.causal_candidates(ex):
