@@ -53,6 +53,7 @@ def prepare_argv(args: list[str]) -> list[str]:
 
 @hydra.main(config_path=str(CONF), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
+    from data import DataError
     from zo import ZOError
     from zo.config import ConfigError, validate
 
@@ -69,7 +70,7 @@ def main(cfg: DictConfig) -> float | None:
 
     try:
         summary = run(cfg, Path(hydra_cfg.runtime.output_dir))
-    except ZOError as err:
+    except (ZOError, DataError) as err:
         if multirun:  # one failed job must not take the rest of the sweep down
             print(f"error: {err}", file=sys.stderr)
             return None

@@ -30,6 +30,7 @@ from typing import Any
 
 SEED_KEYS = ("train.seed", "task.data_seed")
 CONE_KEYS = ("optimizer.theta", "optimizer.beta")
+PANEL_FREE = (*CONE_KEYS, "optimizer")  # what the lines (or cells) of one panel may differ in
 DEFAULT_STEPS = (1000, 3000, 6000)  # the ConMeZO paper's Table 11 checkpoints
 SHORT = {"optimizer.theta": "θ", "optimizer.beta": "β", "optimizer.lr": "η", "optimizer.eps": "λ"}
 
@@ -202,10 +203,12 @@ def wandb_runs(project: str, filters: dict | None = None, metric: str | None = N
         api_runs = list(wandb.Api(timeout=30).runs(project, filters=filters or {}))
         runs = []
         for r in api_runs:
-            rows = [
-                {"step": h["_step"], **{k: v for k, v in h.items() if not k.startswith("_")}}
+            # one row per step: a resumed run may have logged a step twice; the later row counts
+            by_step = {
+                h["_step"]: {"step": h["_step"], **{k: v for k, v in h.items() if not k.startswith("_")}}
                 for h in r.scan_history()
-            ]
+            }
+            rows = [by_step[s] for s in sorted(by_step)]
             summary = dict(r.summary)
             config = dict(r.config)
             runs.append(
@@ -214,7 +217,7 @@ def wandb_runs(project: str, filters: dict | None = None, metric: str | None = N
                     config=config,
                     overrides=[str(o) for o in config.get("overrides") or []],
                     status=summary.get("status") or {"crashed": "failed"}.get(r.state, r.state),
-                    rows=sorted(rows, key=lambda row: row["step"]),
+                    rows=rows,
                     metric=metric or infer_metric(rows, summary),
                     s_per_step=summary.get("s_per_step"),
                     peak_mem_mib=summary.get("peak_mem_mib"),
@@ -262,10 +265,25 @@ def label(run: Run, show: set[str]) -> str:
 
 
 def groups(runs: Iterable[Run]) -> dict[tuple[str, ...], list[Run]]:
+    """Runs that differ only in their seeds."""
     out: dict[tuple[str, ...], list[Run]] = defaultdict(list)
     for run in runs:
         out[run.key].append(run)
     return dict(out)
+
+
+def panels(runs: Iterable[Run]) -> dict[str, list[Run]]:
+    """Runs that differ only in optimizer, θ, β and seeds, by title: one figure panel each.
+
+    A grid of η × θ × β gets a panel per η with a line (or heatmap cell) per θ, β; a table of
+    tasks × optimizers gets a panel per task. The title names what sets the panels apart, or
+    the task when that is all there is.
+    """
+    by_key: dict[tuple[str, ...], list[Run]] = defaultdict(list)
+    for run in runs:
+        by_key[tuple(o for o in run.key if override_key(o) not in PANEL_FREE)].append(run)
+    show = varying_keys(by_key)
+    return {describe(k, show) or str(m[0].get("task.name")): m for k, m in sorted(by_key.items())}
 
 
 def runs_table(
@@ -335,17 +353,12 @@ class Heatmap:
 def heatmap_data(runs: list[Run], step: int | None = None) -> list[Heatmap]:
     """ConMeZO runs' metric at `step` (None = final) on a θ × β grid, one grid per other setting.
 
-    Everything else a sweep varies (learning rate, task, ...) becomes a separate panel, so a
-    cell never averages over anything but seeds. A setting run at a single (θ, β) has no grid
-    and no panel.
+    Everything else a sweep varies (learning rate, task, ...) makes a separate panel (see
+    `panels`), so a cell never averages over anything but seeds. A panel whose runs share a
+    single (θ, β) has no grid and is left out.
     """
-    cone = [r for r in runs if r.get("optimizer.name") == "conmezo"]
-    facets: dict[tuple[str, ...], list[Run]] = defaultdict(list)
-    for run in cone:
-        facets[tuple(o for o in run.key if override_key(o) not in CONE_KEYS)].append(run)
-    show = varying_keys(facets)
     maps = []
-    for members in facets.values():
+    for facet, members in panels(r for r in runs if r.get("optimizer.name") == "conmezo").items():
         thetas = sorted({r.get("optimizer.theta") for r in members})
         betas = sorted({r.get("optimizer.beta") for r in members})
         if len(thetas) * len(betas) == 1:
@@ -359,7 +372,7 @@ def heatmap_data(runs: list[Run], step: int | None = None) -> list[Heatmap]:
         grid = [[(i, j) for j in range(len(betas))] for i in range(len(thetas))]
         maps.append(
             Heatmap(
-                facet=describe(members[0].key, show),
+                facet=facet,
                 metric=members[0].metric,
                 thetas=thetas,
                 betas=betas,
@@ -368,7 +381,7 @@ def heatmap_data(runs: list[Run], step: int | None = None) -> list[Heatmap]:
                 n=[[len(values.get(ij, [])) for ij in row] for row in grid],
             )
         )
-    return sorted(maps, key=lambda h: h.facet)
+    return maps
 
 
 @dataclass
@@ -376,7 +389,7 @@ class Curve:
     """One group's series vs step: mean ± std over the seeds that logged each step."""
 
     label: str
-    task: str
+    panel: str
     series: str  # the metric's name, "train_loss" or "align_cos2"
     steps: list[int]
     mean: list[float]
@@ -384,7 +397,7 @@ class Curve:
     n: list[int]
 
     def points(self) -> list[dict]:
-        head = {"label": self.label, "task": self.task, "series": self.series}
+        head = {"panel": self.panel, "label": self.label, "series": self.series}
         return [
             {**head, "step": s, "mean": m, "std": d, "n": k}
             for s, m, d, k in zip(self.steps, self.mean, self.std, self.n, strict=True)
@@ -394,7 +407,7 @@ class Curve:
 def _curve(
     members: list[Run],
     name: str,
-    task: str,
+    panel: str,
     series: str,
     points: Callable[[Run], Iterable[tuple[int, float]]],
 ) -> Curve:
@@ -407,7 +420,7 @@ def _curve(
     stats = [mean_std(by_step[s]) for s in steps]
     return Curve(
         label=name,
-        task=task,
+        panel=panel,
         series=series,
         steps=steps,
         mean=[m for m, _ in stats],
@@ -420,29 +433,32 @@ def _values(key: str, rows_of: Callable[[Run], list[dict]]) -> Callable[[Run], I
     return lambda run: ((r["step"], r[key]) for r in rows_of(run) if r.get(key) is not None)
 
 
-def _by_group(runs: list[Run]) -> list[tuple[str, str, list[Run]]]:
-    """(label, task, runs) per group; each task gets panels of its own, so labels leave it out."""
-    grouped = groups(runs)
-    show = varying_keys(grouped) - {"task"}
-    return [(label(m[0], show), str(m[0].get("task.name")), m) for m in grouped.values()]
+def _lines(runs: list[Run]) -> list[tuple[str, str, list[Run]]]:
+    """(label, panel, runs) per group of seeds; labels show what differs within the panel."""
+    out = []
+    for title, members in panels(runs).items():
+        grouped = groups(members)
+        show = varying_keys(grouped)
+        out += [(label(m[0], show), title, m) for m in grouped.values()]
+    return out
 
 
 def curves_data(runs: list[Run]) -> list[Curve]:
     """Per group: the metric at its evaluations and, unless the metric is the loss, the training loss."""
     curves = []
-    for name, task, members in _by_group(runs):
+    for name, panel, members in _lines(runs):
         metric = members[0].metric
-        curves.append(_curve(members, name, task, metric, _values(metric, lambda r: r.evals)))
+        curves.append(_curve(members, name, panel, metric, _values(metric, lambda r: r.evals)))
         if metric != "loss":
             train = _values("loss", lambda r: [x for x in r.rows if "lr" in x])
-            curves.append(_curve(members, name, task, "train_loss", train))
+            curves.append(_curve(members, name, panel, "train_loss", train))
     return [c for c in curves if c.steps]
 
 
 def alignment_data(runs: list[Run]) -> tuple[list[Curve], float | None]:
     """cos² curves per group, and 1/d: the expected cos² of a random direction."""
     cos2 = _values("align_cos2", lambda r: r.rows)
-    curves = [_curve(m, name, task, "align_cos2", cos2) for name, task, m in _by_group(runs)]
+    curves = [_curve(m, name, panel, "align_cos2", cos2) for name, panel, m in _lines(runs)]
     inv_d = [r["inv_d"] for run in runs for r in run.rows if r.get("inv_d") is not None]
     return [c for c in curves if c.steps], (statistics.fmean(inv_d) if inv_d else None)
 
@@ -468,23 +484,75 @@ def _pyplot():
     return plt
 
 
-def _figure(n_rows: int, n_cols: int, width: float, height: float):
-    return _pyplot().subplots(n_rows, n_cols, figsize=(width * n_cols, height * n_rows), squeeze=False)
-
-
 def _save(fig, out: Path, stem: str) -> None:
     for ext in ("png", "svg"):
-        fig.savefig(out / f"{stem}.{ext}", dpi=150, bbox_inches="tight")
+        fig.savefig(out / f"{stem}.{ext}", dpi=150)
+
+
+def _wide(values: Iterable[float]) -> bool:
+    """Positive values over more than two decades (a diverging run): drawn on a log scale."""
+    v = [x for x in values if x == x]  # NaN aside
+    return bool(v) and min(v) > 0 and max(v) / min(v) > 100
+
+
+def _panel_axes(titles: list[str], rows_per_panel: int):
+    """A grid of panels (at most 4 across), each `rows_per_panel` axes tall; returns fig, {title: axes}."""
+    cols = min(len(titles), 4)
+    grid_rows = -(-len(titles) // cols) * rows_per_panel
+    fig, grid = _pyplot().subplots(
+        grid_rows, cols, figsize=(4.5 * cols + 2.5, 3.2 * grid_rows), squeeze=False, layout="constrained"
+    )
+    axes = {}
+    for k, title in enumerate(titles):
+        row, col = divmod(k, cols)
+        axes[title] = [grid[row * rows_per_panel + i][col] for i in range(rows_per_panel)]
+        axes[title][0].set_title(title)
+    for k in range(len(titles), grid_rows // rows_per_panel * cols):
+        row, col = divmod(k, cols)
+        for i in range(rows_per_panel):
+            grid[row * rows_per_panel + i][col].set_visible(False)
+    return fig, axes
+
+
+def _colors(labels: Iterable[str]) -> dict[str, tuple]:
+    """One colour per label, the same in every panel, so one legend serves the whole figure."""
+    plt = _pyplot()
+    names = sorted(set(labels))
+    if len(names) <= 20:
+        cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
+        return {n: cmap(i) for i, n in enumerate(names)}
+    cmap = plt.get_cmap("turbo")
+    return {n: cmap(i / (len(names) - 1)) for i, n in enumerate(names)}
+
+
+def _draw(ax, curve: Curve, color: tuple) -> None:
+    import numpy as np
+
+    mean, std = np.array(curve.mean), np.array(curve.std)
+    ax.plot(curve.steps, mean, label=curve.label, color=color)
+    ax.fill_between(curve.steps, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
+    ax.set_xlabel("step")
+
+
+def _legend(fig, colors: dict[str, tuple], extra: Iterable = ()) -> None:
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=c, label=name) for name, c in colors.items()]
+    fig.legend(handles=[*handles, *extra], loc="outside right upper", fontsize=7)
 
 
 def plot_heatmaps(maps: list[Heatmap], out: Path, title: str = ""):
     """One annotated θ × β panel per setting (like ConMeZO Fig. 5); returns the figure."""
     import numpy as np
+    from matplotlib.colors import LogNorm
 
-    fig, axes = _figure(1, len(maps), 1.4 + 1.1 * len(maps[0].betas), 1.2 + 0.6 * len(maps[0].thetas))
-    for ax, h in zip(axes[0], maps, strict=True):
+    fig, axes = _panel_axes([h.facet for h in maps], 1)
+    for h in maps:
+        ax = axes[h.facet][0]
         grid = np.array([[np.nan if v is None else v for v in row] for row in h.mean], dtype=float)
-        image = ax.imshow(grid, cmap="viridis_r" if h.metric.endswith("loss") else "viridis", aspect="auto")
+        lower = h.metric.endswith("loss")
+        norm = LogNorm() if lower and _wide(grid.ravel()) else None
+        image = ax.imshow(grid, cmap="viridis_r" if lower else "viridis", norm=norm, aspect="auto")
         for (i, j), v in np.ndenumerate(grid):
             if not np.isnan(v):
                 r, g, b, _ = image.cmap(image.norm(v))
@@ -498,42 +566,37 @@ def plot_heatmaps(maps: list[Heatmap], out: Path, title: str = ""):
     return fig
 
 
-def _draw(ax, curve: Curve) -> None:
-    import numpy as np
-
-    mean, std = np.array(curve.mean), np.array(curve.std)
-    (line,) = ax.plot(curve.steps, mean, label=curve.label)
-    ax.fill_between(curve.steps, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
-
-
 def plot_curves(curves: list[Curve], out: Path):
-    """Metric (top) and training loss (bottom, when logged apart) vs step, a column per task."""
-    tasks = sorted({c.task for c in curves})
+    """Metric (top) and training loss (below it, when logged apart) vs step, a panel per setting."""
     with_train = any(c.series == "train_loss" for c in curves)
-    fig, axes = _figure(2 if with_train else 1, len(tasks), 5.0, 3.5)
-    for col, task in enumerate(tasks):
-        for curve in (c for c in curves if c.task == task):
-            ax = axes[int(curve.series == "train_loss")][col]
-            _draw(ax, curve)
-            ax.set(xlabel="step", ylabel=curve.series)
-        axes[0][col].set_title(task)
-        axes[0][col].legend(fontsize=7)
+    fig, axes = _panel_axes(list(dict.fromkeys(c.panel for c in curves)), 2 if with_train else 1)
+    colors = _colors(c.label for c in curves)
+    for curve in curves:
+        ax = axes[curve.panel][int(curve.series == "train_loss")]
+        _draw(ax, curve, colors[curve.label])
+        ax.set_ylabel(curve.series)
+    for ax in (ax for column in axes.values() for ax in column):
+        if _wide(y for line in ax.get_lines() for y in line.get_ydata()):
+            ax.set_yscale("log")
+    _legend(fig, colors)
     _save(fig, out, "curves")
     return fig
 
 
 def plot_alignment(curves: list[Curve], inv_d: float | None, out: Path):
     """cos²(momentum, gradient) vs step against 1/d (like ConMeZO Fig. 6); returns the figure."""
-    tasks = sorted({c.task for c in curves})
-    fig, axes = _figure(1, len(tasks), 5.0, 3.5)
-    for ax, task in zip(axes[0], tasks, strict=True):
-        for curve in (c for c in curves if c.task == task):
-            _draw(ax, curve)
+    from matplotlib.lines import Line2D
+
+    fig, axes = _panel_axes(list(dict.fromkeys(c.panel for c in curves)), 1)
+    colors = _colors(c.label for c in curves)
+    for curve in curves:
+        _draw(axes[curve.panel][0], curve, colors[curve.label])
+    random = "1/d (random direction)"
+    for (ax,) in axes.values():
         if inv_d is not None:
-            ax.axhline(inv_d, color="k", linestyle="--", linewidth=1, label="1/d (random direction)")
-        ax.set_yscale("log")
-        ax.set(title=task, xlabel="step", ylabel="cos²")
-        ax.legend(fontsize=7)
+            ax.axhline(inv_d, color="k", linestyle="--", linewidth=1, label=random)
+        ax.set(yscale="log", ylabel="cos²")
+    _legend(fig, colors, [Line2D([], [], color="k", linestyle="--", label=random)] if inv_d else [])
     _save(fig, out, "alignment")
     return fig
 
@@ -569,7 +632,7 @@ def report(
     target: float | None = None,
     heatmap_step: int | None = None,
 ) -> list[Path]:
-    """Write every table and figure the runs support (CSV + PNG + SVG); returns the files written."""
+    """Write every table and figure the runs support (CSV + PNG + SVG); returns the folder's files."""
     out.mkdir(parents=True, exist_ok=True)
     rows = runs_table(runs, steps, target)
     write_csv(out / "runs.csv", rows)

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from data import TaskData, build_task, load_task_data
+from data import DataError, TaskData, build_task, load_task_data
 from zo import ZOError, checkpoint
 from zo.config import model_config, optim_config
 from zo.models import load_model
@@ -246,8 +246,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
             summary["status"] = "finished"
             summary["final"] = summary["initial"] if steps == 0 else {
                 k: v for k, v in row.items() if k in (metric, "em", "eval_loss")}  # fmt: skip
-    except (ZOError, KeyboardInterrupt) as err:
-        summary["status"] = "failed" if isinstance(err, ZOError) else "interrupted"
+    except (ZOError, DataError, KeyboardInterrupt) as err:
+        summary["status"] = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
         summary["error"] = str(err) or "interrupted"
         raise
     finally:

@@ -1,0 +1,190 @@
+"""Time one ZO step of each optimizer against a reference MeZO loop, side by side.
+
+The reference is MeZO as its paper describes the implementation: loop over the
+parameters, reseed and draw `torch.normal` per tensor, and perturb *in place*
+(+λz, −2λz, +λz restore, then the update regenerates z once more: four draws of
+z per step). Our optimizers perturb through forward hooks (exact restore) and
+draw z three times (ConMeZO: four, for an exactly unit u).
+
+Architectures are built from their configs with random weights: timing does not
+depend on weight values, and no download is needed. On CUDA: RoBERTa-large,
+OPT-1.3B (fp16) and SmolLM2-135M; on CPU: SmolLM2-135M and OPT-125M shapes.
+Timings are medians over `--steps` after `--warmup` steps (CUDA events on GPU);
+peak memory is `torch.cuda.max_memory_allocated` per method, next to the peak of
+one inference forward.
+
+    python bench/step.py                 # prints a table, writes bench/results/step-<device>.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from zo.optim import build
+from zo.optim.base import OptimConfig
+
+ARCHS = {
+    "smollm2-135m": ("llama", dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                                   num_attention_heads=9, num_key_value_heads=3, vocab_size=49152,
+                                   tie_word_embeddings=True)),  # fmt: skip
+    "opt-125m": ("opt", dict(hidden_size=768, ffn_dim=3072, num_hidden_layers=12, num_attention_heads=12,
+                             vocab_size=50272, word_embed_proj_dim=768)),  # fmt: skip
+    "opt-1.3b": ("opt", dict(hidden_size=2048, ffn_dim=8192, num_hidden_layers=24, num_attention_heads=32,
+                             vocab_size=50272, word_embed_proj_dim=2048)),  # fmt: skip
+    "roberta-large": ("roberta", dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                                      num_attention_heads=16, vocab_size=50265, max_position_embeddings=514)),  # fmt: skip
+}
+GPU_SET = [("opt-1.3b", torch.float16, 16, 64), ("roberta-large", torch.float32, 16, 64),
+           ("smollm2-135m", torch.float32, 16, 64)]  # fmt: skip
+CPU_SET = [("opt-125m", torch.float32, 4, 32), ("smollm2-135m", torch.float32, 4, 32)]
+
+
+def build_model(arch: str, dtype: torch.dtype, device: torch.device) -> nn.Module:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
+
+    model_type, kwargs = ARCHS[arch]
+    config = AutoConfig.for_model(model_type, **kwargs)
+    auto = AutoModelForMaskedLM if model_type == "roberta" else AutoModelForCausalLM
+    torch.manual_seed(0)
+    return auto.from_config(config).to(device=device, dtype=dtype).eval()
+
+
+class ReferenceMeZO:
+    """MeZO's reference loop: per-tensor reseeded normals, in-place perturbation (not exact in low precision)."""
+
+    def __init__(self, model: nn.Module, lr: float, eps: float) -> None:
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.lr, self.eps = lr, eps
+
+    def _walk(self, seed: int, scale: float) -> None:
+        torch.manual_seed(seed)
+        for p in self.params:
+            z = torch.normal(0.0, 1.0, size=p.shape, device=p.device, dtype=p.dtype)
+            p.data.add_(z, alpha=scale)
+
+    def step(self, loss_fn: Callable[[], torch.Tensor], seed: int) -> None:
+        self._walk(seed, self.eps)
+        plus = loss_fn()
+        self._walk(seed, -2 * self.eps)
+        minus = loss_fn()
+        self._walk(seed, self.eps)
+        projected = float((plus - minus) / (2 * self.eps))  # the reference syncs here
+        self._walk(seed, -self.lr * projected)
+
+
+def ours(name: str) -> Callable:
+    def make(model: nn.Module):
+        opt = build(model, OptimConfig(name=name, lr=1e-7, eps=1e-3), seed=0)
+
+        def step(loss_fn: Callable[[], torch.Tensor], seed: int) -> None:
+            opt.begin_step(seed)
+            with opt.perturb(+1):
+                plus = loss_fn()
+            with opt.perturb(-1):
+                minus = loss_fn()
+            opt.estimate(float(plus), float(minus))
+            opt.update(1e-7, 0.99)
+
+        return step
+
+    return make
+
+
+METHODS = {
+    "reference_mezo": lambda model: ReferenceMeZO(model, 1e-7, 1e-3).step,
+    "mezo": ours("mezo"),
+    "mezo_momentum": ours("mezo_momentum"),
+    "conmezo": ours("conmezo"),
+}
+
+
+def timed(fn: Callable[[], None], device: torch.device) -> float:
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end)
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def bench_arch(arch: str, dtype: torch.dtype, batch: int, seq: int, args, device) -> list[dict]:
+    model = build_model(arch, dtype, device)
+    tokens = torch.randint(0, ARCHS[arch][1]["vocab_size"], (batch, seq), device=device)
+
+    def loss_fn() -> torch.Tensor:
+        return model(input_ids=tokens, labels=tokens).loss
+
+    cuda = device.type == "cuda"
+    with torch.no_grad():
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        forward_ms = statistics.median(timed(loss_fn, device) for _ in range(args.steps + args.warmup))
+        inference_peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
+        rows = []
+        for method, make in METHODS.items():
+            if cuda:
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+            step = make(model)
+            times = [timed(lambda t=t: step(loss_fn, t), device) for t in range(args.warmup + args.steps)]
+            rows.append({
+                "arch": arch, "dtype": str(dtype).removeprefix("torch."), "batch": f"{batch}x{seq}",
+                "method": method, "ms_per_step": statistics.median(times[args.warmup:]),
+                "forward_ms": forward_ms,
+                "peak_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
+                "inference_peak_mib": inference_peak,
+            })  # fmt: skip
+            del step
+    reference = rows[0]["ms_per_step"]
+    for row in rows:
+        row["ratio_to_reference"] = row["ms_per_step"] / reference
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per method (median reported)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--arch", action="append", help="only these architectures")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    plan = [p for p in (GPU_SET if device.type == "cuda" else CPU_SET) if not args.arch or p[0] in args.arch]
+    rows = [row for arch, dtype, b, s in plan for row in bench_arch(arch, dtype, b, s, args, device)]
+    machine = torch.cuda.get_device_name() if device.type == "cuda" else (
+        f"{platform.machine()} CPU, {torch.get_num_threads()} threads")  # fmt: skip
+
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"ZO step time on {machine}, torch {torch.__version__}")
+    for col in ("arch", "dtype", "batch", "method", "ms/step", "× reference", "fwd ms", "peak MiB", "infer MiB"):
+        table.add_column(col)
+    for r in rows:
+        peak, infer = r["peak_mib"], r["inference_peak_mib"]
+        table.add_row(r["arch"], r["dtype"], r["batch"], r["method"], f"{r['ms_per_step']:.1f}",
+                      f"{r['ratio_to_reference']:.2f}", f"{r['forward_ms']:.1f}",
+                      "—" if peak is None else f"{peak:.0f}", "—" if infer is None else f"{infer:.0f}")  # fmt: skip
+    Console().print(table)
+    out = args.out or Path(f"bench/results/step-{device.type}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"machine": machine, "date": str(date.today()), "rows": rows}, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

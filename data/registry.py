@@ -1,0 +1,20 @@
+"""Task registry: a task is available once its class is decorated with `@register`."""
+
+from __future__ import annotations
+
+from data.base import DataError, Task
+
+TASKS: dict[str, type[Task]] = {}
+
+
+def register(cls: type[Task]) -> type[Task]:
+    if cls.name in TASKS:
+        raise ValueError(f"task name {cls.name!r} registered twice")
+    TASKS[cls.name] = cls
+    return cls
+
+
+def build_task(name: str) -> Task:
+    if name not in TASKS:
+        raise DataError(f"unknown task {name!r}; choose one of: {', '.join(sorted(TASKS))}")
+    return TASKS[name]()

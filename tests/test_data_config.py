@@ -1,0 +1,50 @@
+"""conf/task/*.yaml: one file per registered task, each composing over _base with the documented keys."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from data import TASKS
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+KEYS = {"name", "sampling", "k", "num_train", "num_dev", "num_test", "test_cap", "data_seed", "max_length"}
+
+
+def task_config(name: str):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=[f"task={name}"]).task
+
+
+def test_one_file_per_registered_task() -> None:
+    files = {p.stem for p in (CONF / "task").glob("*.yaml") if not p.stem.startswith("_")}
+    assert files == set(TASKS)
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_task_file_composes_with_base_defaults(name: str) -> None:
+    cfg = task_config(name)
+    assert cfg.name == name and set(cfg) == KEYS
+    assert cfg.sampling in ("auto", "kshot", "fixed", "full")
+
+
+def test_documented_overrides() -> None:
+    sst2, bbc, quad = task_config("sst2"), task_config("bbcnews"), task_config("quadratic")
+    assert (sst2.sampling, sst2.k, sst2.num_train, sst2.num_dev, sst2.num_test) == (
+        "auto",
+        512,
+        1000,
+        500,
+        1000,
+    )
+    assert (sst2.test_cap, sst2.data_seed, sst2.max_length) == (1000, 42, 256)
+    assert (bbc.sampling, bbc.num_train, bbc.num_dev, bbc.num_test, bbc.max_length) == (
+        "fixed",
+        1000,
+        100,
+        445,
+        96,
+    )
+    assert quad.sampling == "full"
