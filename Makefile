@@ -5,7 +5,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: setup test lint format bench bench-synthetic bench-step report wheels
+.PHONY: setup test lint format bench bench-synthetic bench-step report sweep slurm-test wheels
 
 setup:
 	test -x $(PY) || python3 -m venv .venv
@@ -33,11 +33,19 @@ bench-synthetic:
 bench-step:
 	$(PY) bench/step.py
 
-report:
-	$(PY) -m zo.report $(SWEEP)
+report:      # make report SWEEP=outputs/sweeps/trec_heatmap ARGS="--step 1000 3000 6000"
+	$(PY) -m zo.report $(SWEEP) $(ARGS)
+
+sweep:       # make sweep NAME=synthetic ARGS="hydra/launcher=submitit_local"
+	$(PY) launch.py +sweeps=$(NAME) -m $(ARGS)
+
+slurm-test:  # only the real single-node Slurm tests (root + apt-get)
+	$(PY) -m pytest -q -m slurm
 
 # Wheels for the lent GPU machine (Python 3.12, x86-64), which lacks hydra, omegaconf, datasets, wandb.
+# antlr4 4.9.3 (omegaconf's pin) ships only as source, so it is built into a pure-Python wheel here.
 wheels:
 	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-	  -d .whl hydra-core==1.3.2 omegaconf==2.3.0 antlr4-python3-runtime==4.9.3 PyYAML
+	  -d .whl hydra-core==1.3.8 omegaconf==2.3.1 PyYAML
+	$(PY) -m pip wheel -q --no-deps -w .whl antlr4-python3-runtime==4.9.3

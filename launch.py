@@ -20,7 +20,20 @@ from omegaconf import DictConfig, open_dict
 ROOT = Path(__file__).resolve().parent
 CONF = ROOT / "conf"
 GROUPS = ("optimizer", "model", "task", "schedule", "sweeps")
-FLAGS = ("-m", "--multirun")
+# Hydra flags that take the next word as their value; every other word starting with "-" is a bare flag.
+VALUED = {
+    "-c",
+    "--cfg",
+    "-p",
+    "--package",
+    "-cp",
+    "--config-path",
+    "-cn",
+    "--config-name",
+    "-cd",
+    "--config-dir",
+}
+INFO = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}  # optional value of --info
 
 
 def fail(message: str, code: int) -> None:
@@ -44,11 +57,20 @@ def check_groups(args: list[str]) -> None:
 
 
 def prepare_argv(args: list[str]) -> list[str]:
-    """Flags first, then overrides; plus the repo root on Hydra's search path (for +sweeps=NAME)."""
-    flags = [a for a in args if a in FLAGS]
-    rest = [a for a in args if a not in FLAGS]
+    """Flags (with their values) first, then overrides, then the repo root on Hydra's search path."""
+    flags: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(args):
+        word = args[i]
+        takes_value = word in VALUED or (word == "--info" and i + 1 < len(args) and args[i + 1] in INFO)
+        if not word.startswith("-"):
+            rest.append(word)
+        elif word not in flags:  # `-m` typed twice is still one multirun
+            flags += args[i : i + 2] if takes_value else [word]
+        i += 2 if takes_value else 1
     check_groups(rest)
-    return flags[:1] + rest + [f"hydra.searchpath=[file://{ROOT}]"]
+    return flags + rest + [f"hydra.searchpath=[file://{ROOT}]"]
 
 
 @hydra.main(config_path=str(CONF), config_name="config", version_base="1.3")

@@ -34,18 +34,57 @@ from zo.optim import build
 from zo.optim.base import OptimConfig
 
 ARCHS = {
-    "smollm2-135m": ("llama", dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                                   num_attention_heads=9, num_key_value_heads=3, vocab_size=49152,
-                                   tie_word_embeddings=True)),  # fmt: skip
-    "opt-125m": ("opt", dict(hidden_size=768, ffn_dim=3072, num_hidden_layers=12, num_attention_heads=12,
-                             vocab_size=50272, word_embed_proj_dim=768)),  # fmt: skip
-    "opt-1.3b": ("opt", dict(hidden_size=2048, ffn_dim=8192, num_hidden_layers=24, num_attention_heads=32,
-                             vocab_size=50272, word_embed_proj_dim=2048)),  # fmt: skip
-    "roberta-large": ("roberta", dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
-                                      num_attention_heads=16, vocab_size=50265, max_position_embeddings=514)),  # fmt: skip
+    "smollm2-135m": (
+        "llama",
+        dict(
+            hidden_size=576,
+            intermediate_size=1536,
+            num_hidden_layers=30,
+            num_attention_heads=9,
+            num_key_value_heads=3,
+            vocab_size=49152,
+            tie_word_embeddings=True,
+        ),
+    ),
+    "opt-125m": (
+        "opt",
+        dict(
+            hidden_size=768,
+            ffn_dim=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            vocab_size=50272,
+            word_embed_proj_dim=768,
+        ),
+    ),
+    "opt-1.3b": (
+        "opt",
+        dict(
+            hidden_size=2048,
+            ffn_dim=8192,
+            num_hidden_layers=24,
+            num_attention_heads=32,
+            vocab_size=50272,
+            word_embed_proj_dim=2048,
+        ),
+    ),
+    "roberta-large": (
+        "roberta",
+        dict(
+            hidden_size=1024,
+            intermediate_size=4096,
+            num_hidden_layers=24,
+            num_attention_heads=16,
+            vocab_size=50265,
+            max_position_embeddings=514,
+        ),
+    ),
 }
-GPU_SET = [("opt-1.3b", torch.float16, 16, 64), ("roberta-large", torch.float32, 16, 64),
-           ("smollm2-135m", torch.float32, 16, 64)]  # fmt: skip
+GPU_SET = [
+    ("opt-1.3b", torch.float16, 16, 64),
+    ("roberta-large", torch.float32, 16, 64),
+    ("smollm2-135m", torch.float32, 16, 64),
+]
 CPU_SET = [("opt-125m", torch.float32, 4, 32), ("smollm2-135m", torch.float32, 4, 32)]
 
 
@@ -60,7 +99,7 @@ def build_model(arch: str, dtype: torch.dtype, device: torch.device) -> nn.Modul
 
 
 class ReferenceMeZO:
-    """MeZO's reference loop: per-tensor reseeded normals, in-place perturbation (not exact in low precision)."""
+    """MeZO's reference loop: reseeded normals per tensor, perturbed in place (inexact in low precision)."""
 
     def __init__(self, model: nn.Module, lr: float, eps: float) -> None:
         self.params = [p for p in model.parameters() if p.requires_grad]
@@ -140,14 +179,21 @@ def bench_arch(arch: str, dtype: torch.dtype, batch: int, seq: int, args, device
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
             step = make(model)
-            times = [timed(lambda t=t: step(loss_fn, t), device) for t in range(args.warmup + args.steps)]
-            rows.append({
-                "arch": arch, "dtype": str(dtype).removeprefix("torch."), "batch": f"{batch}x{seq}",
-                "method": method, "ms_per_step": statistics.median(times[args.warmup:]),
-                "forward_ms": forward_ms,
-                "peak_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
-                "inference_peak_mib": inference_peak,
-            })  # fmt: skip
+            times = [
+                timed(lambda t=t, s=step: s(loss_fn, t), device) for t in range(args.warmup + args.steps)
+            ]
+            rows.append(
+                {
+                    "arch": arch,
+                    "dtype": str(dtype).removeprefix("torch."),
+                    "batch": f"{batch}x{seq}",
+                    "method": method,
+                    "ms_per_step": statistics.median(times[args.warmup :]),
+                    "forward_ms": forward_ms,
+                    "peak_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
+                    "inference_peak_mib": inference_peak,
+                }
+            )
             del step
     reference = rows[0]["ms_per_step"]
     for row in rows:
@@ -156,7 +202,9 @@ def bench_arch(arch: str, dtype: torch.dtype, batch: int, seq: int, args, device
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--steps", type=int, default=5, help="timed steps per method (median reported)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--arch", action="append", help="only these architectures")
@@ -165,20 +213,41 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     plan = [p for p in (GPU_SET if device.type == "cuda" else CPU_SET) if not args.arch or p[0] in args.arch]
     rows = [row for arch, dtype, b, s in plan for row in bench_arch(arch, dtype, b, s, args, device)]
-    machine = torch.cuda.get_device_name() if device.type == "cuda" else (
-        f"{platform.machine()} CPU, {torch.get_num_threads()} threads")  # fmt: skip
+    machine = (
+        torch.cuda.get_device_name()
+        if device.type == "cuda"
+        else (f"{platform.machine()} CPU, {torch.get_num_threads()} threads")
+    )
 
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"ZO step time on {machine}, torch {torch.__version__}")
-    for col in ("arch", "dtype", "batch", "method", "ms/step", "× reference", "fwd ms", "peak MiB", "infer MiB"):
+    for col in (
+        "arch",
+        "dtype",
+        "batch",
+        "method",
+        "ms/step",
+        "× reference",
+        "fwd ms",
+        "peak MiB",
+        "infer MiB",
+    ):
         table.add_column(col)
     for r in rows:
         peak, infer = r["peak_mib"], r["inference_peak_mib"]
-        table.add_row(r["arch"], r["dtype"], r["batch"], r["method"], f"{r['ms_per_step']:.1f}",
-                      f"{r['ratio_to_reference']:.2f}", f"{r['forward_ms']:.1f}",
-                      "—" if peak is None else f"{peak:.0f}", "—" if infer is None else f"{infer:.0f}")  # fmt: skip
+        table.add_row(
+            r["arch"],
+            r["dtype"],
+            r["batch"],
+            r["method"],
+            f"{r['ms_per_step']:.1f}",
+            f"{r['ratio_to_reference']:.2f}",
+            f"{r['forward_ms']:.1f}",
+            "—" if peak is None else f"{peak:.0f}",
+            "—" if infer is None else f"{infer:.0f}",
+        )
     Console().print(table)
     out = args.out or Path(f"bench/results/step-{device.type}.json")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -104,3 +104,18 @@ class TREC(DataTask):
 
     def causal_prompt(self, ex: Example) -> str:
         return f"{ex.fields['question']} Answer type:"
+
+
+@register
+class SST2Review(SST2):
+    """SST-2 with a prompt small instruction-tuned LMs follow: "Review: {sentence}\\nSentiment:".
+
+    MeZO's "It was" prompt leaves SmolLM2-135M at chance zero-shot (52.7% on 300 dev
+    sentences) while this one scores 77%; the data and masked-LM prompt are SST-2's.
+    """
+
+    name = "sst2_review"
+    causal_words = [" negative", " positive"]
+
+    def causal_prompt(self, ex: Example) -> str:
+        return f"Review: {ex.fields['sentence']}\nSentiment:"

@@ -168,3 +168,19 @@ def test_missing_model_offline_names_hub_id_and_fix(tmp_path: Path) -> None:
     assert res.returncode == 1
     last = res.stderr.strip().splitlines()[-1]
     assert "facebook/opt-1.3b" in last and "model.name_or_path=DIR" in last
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["optimizer=conmezo", "task=trec", "-m", "optimizer.theta=1.2,1.35"],
+         ["-m", "optimizer=conmezo", "task=trec", "optimizer.theta=1.2,1.35"]),
+        (["+sweeps=synthetic", "--cfg", "job", "-m"], ["--cfg", "job", "-m", "+sweeps=synthetic"]),
+        (["a=1", "--info", "searchpath", "b=2"], ["--info", "searchpath", "a=1", "b=2"]),
+        (["a=1", "-m", "--multirun", "-m"], ["-m", "--multirun", "a=1"]),
+    ],
+)  # fmt: skip
+def test_flags_move_before_overrides(argv: list[str], expected: list[str]) -> None:
+    import launch
+
+    assert launch.prepare_argv(argv) == [*expected, f"hydra.searchpath=[file://{ROOT}]"]

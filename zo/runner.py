@@ -246,6 +246,11 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
             summary["status"] = "finished"
             summary["final"] = summary["initial"] if steps == 0 else {
                 k: v for k, v in row.items() if k in (metric, "em", "eval_loss")}  # fmt: skip
+    except SystemExit:  # submitit's preemption/timeout handler exits from inside the loop
+        checkpoint.save(out_dir, model, optimizer, summary["step"], log.bytes)
+        summary["status"] = "interrupted"
+        summary["error"] = f"job exited after step {summary['step']}; a requeued job resumes from there"
+        raise
     except (ZOError, DataError, KeyboardInterrupt) as err:
         summary["status"] = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
         summary["error"] = str(err) or "interrupted"

@@ -1,0 +1,101 @@
+"""Real models through the objectives: tokenizers, candidate scoring, a SmolLM2 run, zero-shot skill."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from data import TASKS, build_task, load_task_data
+from data.base import Example, Task
+from tests.conftest import cli
+from zo.models import ModelConfig, load_model, load_tokenizer
+from zo.objective import CausalLM
+
+SMOL = ModelConfig(name="smollm2", kind="causal", source="smollm2_wheel", name_or_path="unused")
+MINILM = ModelConfig(name="minilm", kind="cls", source="minilm_wheel")
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    return load_model(SMOL, num_labels=2, seed=0)
+
+
+def classify_tasks() -> list[Task]:
+    return [cls() for cls in TASKS.values() if cls.task_type == "classify"]
+
+
+def test_causal_label_words_are_single_smollm2_tokens() -> None:
+    tok = load_tokenizer(SMOL)
+    for task in classify_tasks():
+        for word in task.causal_candidates(Example({})):
+            assert len(tok(word, add_special_tokens=False)["input_ids"]) == 1, (task.name, word)
+
+
+def test_masked_label_words_are_single_wordpiece_tokens() -> None:
+    """The BERT WordPiece vocab (tiny-roberta/tiny-bert tests) holds every verbalizer word whole."""
+    tok = load_tokenizer(MINILM)
+    for task in classify_tasks():
+        if task.name in ("wic", "boolq", "multirc"):  # causal-only tasks: no masked-LM prompt
+            continue
+        for word in task.label_words:
+            assert len(tok(word, add_special_tokens=False)["input_ids"]) == 1, (task.name, word)
+
+
+class Cloze(Task):
+    name = "cloze"
+    task_type = "multiple_choice"
+
+    def causal_prompt(self, ex: Example) -> str:
+        return ex.fields["q"]
+
+
+def test_candidate_scoring_picks_the_right_multi_token_answer(smollm2) -> None:
+    model, tok = smollm2
+    batch = [
+        Example(
+            {"q": "The capital of France is"}, 0, candidates=[" Paris, the city of light", " a purple banana"]
+        ),
+        Example({"q": "Two plus two equals"}, 1, candidates=[" seven hundred and three", " four"]),
+    ]
+    objective = CausalLM(Cloze(), tok, 64)
+    probs = objective.scores(model, batch).exp()
+    assert probs[0, 0] > 0.9 and probs[1, 1] > 0.8
+    assert objective.evaluate(model, batch, 2)["accuracy"] == 1.0
+
+
+def test_single_token_fast_path_equals_sequence_scoring(smollm2) -> None:
+    model, tok = smollm2
+    task = build_task("bbcnews")
+    examples = task.load_split("test", None)[:6]
+    objective = CausalLM(task, tok, 96)
+    with torch.no_grad():
+        fast = objective.scores(model, examples)
+        slow = objective._sequence_scores(model, examples)
+    torch.testing.assert_close(fast, slow, atol=1e-4, rtol=1e-4)
+
+
+def test_zero_shot_smollm2_beats_chance_on_sst2(smollm2, needs_shared: Path) -> None:
+    model, tok = smollm2
+    task = build_task("sst2_review")
+    data = load_task_data(task, needs_shared, sampling="fixed", k=0, num_train=0, num_dev=0,
+                          num_test=200, test_cap=1000, data_seed=42)  # fmt: skip
+    accuracy = CausalLM(task, tok, 128).evaluate(model, data.test, 32)["accuracy"]
+    # measured 0.77 on 300 dev sentences; 0.65 is ~4 binomial std below, chance is 0.5
+    assert accuracy >= 0.65
+
+
+def test_default_model_runs_a_few_real_steps(tmp_path: Path) -> None:
+    out = tmp_path / "smol"
+    res = cli(
+        ["train.steps=2", "train.eval_samples=20", "log.wandb=disabled", f"hydra.run.dir={out}"], tmp_path
+    )
+    assert res.returncode == 0, res.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["config"]["model"]["name"] == "smollm2"
+    assert summary["config"]["optimizer"]["name"] == "conmezo" and summary["params"] > 100_000_000
+    assert 0.0 <= summary["final"]["accuracy"] <= 1.0 and summary["data"]["task"] == "bbcnews"
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1, 2] and all(r["loss"] > 0 for r in rows[1:])

@@ -1,0 +1,335 @@
+"""zo.report on a sweep written by hand: every number in every CSV and figure is checked."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import QUAD, cli
+from zo import report
+from zo.report import Run, collect_runs, curves_data, heatmap_data, runs_table
+
+THETAS = (1.2, 1.5)
+BETAS = (0.9, 0.99)
+SEEDS = (0, 1)
+STEPS, EVAL_EVERY, ALIGN_EVERY = 100, 20, 50
+EVAL_STEPS = range(0, STEPS + 1, EVAL_EVERY)
+
+
+def accuracy(theta: float | None, beta: float | None, seed: int, step: int) -> float:
+    """Known, distinct values: linear in step, faster for larger θ + β, shifted per seed."""
+    speed = 1.0 + (theta or 0.0) + (beta or 0.0)
+    return 0.2 + step / 1000 * speed + 0.01 * seed
+
+
+def train_loss(seed: int, step: int) -> float:
+    return 2.0 - step / 100 + 0.1 * seed
+
+
+def cos2(theta: float | None, seed: int, step: int) -> float:
+    return (theta or 0.01) * 1e-2 * (seed + 1) * step / STEPS
+
+
+def write_run(
+    folder: Path, theta: float | None, beta: float | None, seed: int, last: int = STEPS, extra: tuple = ()
+) -> None:
+    """A run folder as the runner leaves it (conmezo when θ is given, else mezo), stopped at `last`."""
+    name = "conmezo" if theta is not None else "mezo"
+    overrides = [f"optimizer={name}", f"train.seed={seed}", *extra]
+    if theta is not None:
+        overrides += [f"optimizer.theta={theta}", f"optimizer.beta={beta}"]
+    config = {
+        "optimizer": {"name": name, "lr": 1e-6, "eps": 1e-3, "theta": theta or 1.35, "beta": beta or 0.99},
+        "task": {"name": "trec", "data_seed": 42},
+        "model": {"name": "roberta-large"},
+        "train": {"steps": STEPS, "seed": seed, "eval_every": EVAL_EVERY},
+    }
+    rows = [{"step": 0, "accuracy": accuracy(theta, beta, seed, 0), "eval_loss": 1.0}]
+    for step in range(1, last + 1):
+        row = {"step": step, "loss": train_loss(seed, step), "lr": 1e-6, "beta_t": beta, "theta": theta,
+               "projected_grad": 0.1, "step_time_s": 0.5}  # fmt: skip
+        if step % EVAL_EVERY == 0:
+            row |= {"accuracy": accuracy(theta, beta, seed, step), "eval_loss": 0.5}
+        if step % ALIGN_EVERY == 0:
+            row |= {
+                "align_cos": cos2(theta, seed, step) ** 0.5,
+                "align_cos2": cos2(theta, seed, step),
+                "inv_d": 1e-3,
+            }
+        rows.append(row)
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    (folder / "config.yaml").write_text(json.dumps(config))  # JSON is YAML
+    final = {"accuracy": rows[-1]["accuracy"]} if last == STEPS else None
+    summary = {
+        "status": "finished" if last == STEPS else "running",
+        "error": None,
+        "step": last,
+        "steps": STEPS,
+        "metric": "accuracy",
+        "initial": {"accuracy": rows[0]["accuracy"]},
+        "final": final,
+        "s_per_step": 0.5 + seed,
+        "peak_mem_mib": 1000.0 + seed,
+        "device": "cpu",
+        "overrides": overrides,
+        "config": config,
+        "output_dir": str(folder),
+    }
+    (folder / "summary.json").write_text(json.dumps(summary))
+
+
+@pytest.fixture
+def sweep(tmp_path: Path) -> Path:
+    """2 θ × 2 β × 2 seeds of ConMeZO, and a MeZO baseline two folders deeper."""
+    root = tmp_path / "sweep"
+    for theta in THETAS:
+        for beta in BETAS:
+            for seed in SEEDS:
+                write_run(
+                    root / f"optimizer.beta={beta},optimizer.theta={theta},train.seed={seed}",
+                    theta,
+                    beta,
+                    seed,
+                )
+    for seed in SEEDS:
+        write_run(root / "baseline" / "mezo" / f"train.seed={seed}", None, None, seed)
+    return root
+
+
+def read_csv(path: Path) -> list[dict]:
+    return list(csv.DictReader(path.read_text().splitlines()))
+
+
+def by_setting(rows: list[dict]) -> dict[tuple, dict]:
+    return {(r["optimizer"], r["theta"], r["beta"], r["seed"]): r for r in rows}
+
+
+def test_collect_runs_finds_every_run_at_any_depth(sweep: Path) -> None:
+    runs = collect_runs(sweep)
+    assert len(runs) == 10
+    assert sum(r.name.startswith("baseline/mezo/") for r in runs) == 2
+    assert {r.metric for r in runs} == {"accuracy"} and {r.status for r in runs} == {"finished"}
+
+
+def test_runs_table_reads_fixed_steps_target_and_costs(sweep: Path) -> None:
+    rows = by_setting(runs_table(collect_runs(sweep), steps=(50, 100, 1000), target=0.4))
+    row = rows[("conmezo", 1.5, 0.99, 1)]
+    assert row["at_50"] == pytest.approx(accuracy(1.5, 0.99, 1, 40))  # last evaluation at or before 50
+    assert row["at_100"] == row["final"] == row["best"] == pytest.approx(accuracy(1.5, 0.99, 1, 100))
+    assert row["at_1000"] is None  # never reached: no value rather than step 100's
+    expected = min(s for s in EVAL_STEPS if accuracy(1.5, 0.99, 1, s) >= 0.4)
+    assert row["steps_to_target"] == expected == 60
+    assert (row["s_per_step"], row["peak_mem_mib"], row["task"], row["status"]) == (
+        1.5,
+        1001.0,
+        "trec",
+        "finished",
+    )
+    assert row["align_cos2_mean"] == pytest.approx(statistics.fmean([cos2(1.5, 1, 50), cos2(1.5, 1, 100)]))
+    mezo = rows[("mezo", None, None, 0)]  # θ and β mean nothing to MeZO: left blank, not 1.35/0.99
+    assert mezo["lr"] == 1e-6 and mezo["steps_to_target"] is None  # mezo reaches only 0.3
+
+
+def test_unfinished_run_has_no_final_and_no_value_past_its_last_step(tmp_path: Path) -> None:
+    write_run(tmp_path / "cut", 1.2, 0.9, 0, last=70)
+    with open(tmp_path / "cut" / "metrics.jsonl", "a") as fh:
+        fh.write('{"step": 71, "loss": 0.')  # a job killed mid-write
+    (row,) = runs_table(collect_runs(tmp_path), steps=(50, 80))
+    assert (row["status"], row["step"], row["final"], row["at_80"]) == ("running", 70, None, None)
+    assert row["at_50"] == pytest.approx(accuracy(1.2, 0.9, 0, 40))
+    assert row["best"] == pytest.approx(accuracy(1.2, 0.9, 0, 60)) and row["best_step"] == 60
+
+
+def test_run_without_summary_is_read_from_hydra_files(tmp_path: Path) -> None:
+    write_run(tmp_path / "r", 1.2, 0.9, 0)
+    (tmp_path / "r" / "summary.json").unlink()
+    (run,) = collect_runs(tmp_path)
+    assert run.status == "unknown" and run.metric == "accuracy"
+    assert run.get("optimizer.theta") == 1.2 and "train.seed=0" in run.overrides
+
+
+@pytest.mark.parametrize("step", [None, 50])
+def test_heatmap_cell_is_the_mean_over_seeds(sweep: Path, step: int | None) -> None:
+    (heat,) = heatmap_data(collect_runs(sweep), step)  # mezo runs are not on the grid
+    assert (heat.thetas, heat.betas, heat.metric, heat.facet) == (
+        list(THETAS),
+        list(BETAS),
+        "accuracy",
+        "trec",
+    )
+    at = STEPS if step is None else 40
+    for i, theta in enumerate(THETAS):
+        for j, beta in enumerate(BETAS):
+            seeds = [accuracy(theta, beta, s, at) for s in SEEDS]
+            assert heat.mean[i][j] == pytest.approx(statistics.fmean(seeds))
+            assert heat.std[i][j] == pytest.approx(statistics.stdev(seeds))
+            assert heat.n[i][j] == 2
+
+
+def test_a_panel_per_other_setting_and_labels_name_what_differs_in_it(tmp_path: Path) -> None:
+    for lr in ("0.1", "0.01"):
+        for theta in THETAS:
+            write_run(tmp_path / f"{lr}-{theta}", theta, 0.9, 0, extra=(f"optimizer.lr={lr}",))
+        pinned = (f"optimizer.lr={lr}", "optimizer.theta=1.35", "optimizer.beta=0.99")  # MeZO next to a grid
+        write_run(tmp_path / f"{lr}-mezo", None, None, 0, extra=pinned)
+    write_run(tmp_path / "single", 1.2, 0.9, 0, extra=("optimizer.lr=1",))  # one cell: no grid, no heatmap
+    runs = collect_runs(tmp_path)
+    heat = heatmap_data(runs)
+    assert [(h.facet, h.thetas) for h in heat] == [("η=0.01", list(THETAS)), ("η=0.1", list(THETAS))]
+    lines = {(c.panel, c.label) for c in curves_data(runs)}
+    grid = {"conmezo β=0.9 θ=1.2", "conmezo β=0.9 θ=1.5", "mezo"}  # no θ, β for MeZO: it ignores them
+    assert lines == {(p, x) for p in ("η=0.1", "η=0.01") for x in grid} | {("η=1", "conmezo")}
+
+
+def test_curves_are_mean_and_std_over_seeds_per_setting(sweep: Path) -> None:
+    curves = {(c.label, c.series): c for c in curves_data(collect_runs(sweep))}
+    assert {label for label, _ in curves} == {f"conmezo β={b} θ={t}" for t in THETAS for b in BETAS} | {
+        "mezo"
+    }
+    acc = curves[("conmezo β=0.9 θ=1.5", "accuracy")]
+    assert acc.steps == list(EVAL_STEPS) and acc.n == [2] * len(EVAL_STEPS)
+    for step, mean, std in zip(acc.steps, acc.mean, acc.std, strict=True):
+        seeds = [accuracy(1.5, 0.9, s, step) for s in SEEDS]
+        assert (mean, std) == pytest.approx((statistics.fmean(seeds), statistics.stdev(seeds)))
+    loss = curves[("mezo", "train_loss")]
+    assert loss.steps == list(range(1, STEPS + 1))
+    assert loss.mean[9] == pytest.approx(statistics.fmean(train_loss(s, 10) for s in SEEDS))
+
+
+def test_quadratic_metric_counts_only_evaluation_steps(tmp_path: Path) -> None:
+    """Training rows carry a biased 'loss' too; only steps the runner evaluates are f(x)."""
+    rows = [{"step": 0, "loss": 10.0}]
+    rows += [{"step": s, "loss": 10.0 - s / 10 + (0.5 if s % 5 else 0.0), "lr": 1e-3} for s in range(1, 21)]
+    run = Run("q", {"train": {"steps": 20, "eval_every": 5}}, [], "finished", rows, "loss")
+    assert [r["step"] for r in run.evals] == [0, 5, 10, 15, 20]
+    assert run.value_at(12) == 9.0 and run.steps_to(8.6) == 15 and run.best()["step"] == 20
+
+
+def test_report_writes_csv_png_svg_and_the_csv_holds_the_plotted_numbers(sweep: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "zo.report", str(sweep), "--out", str(out), "--step", "50", "--target", "0.4"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "10 runs" in proc.stdout
+    for stem in ("heatmap", "curves", "alignment"):
+        assert (out / f"{stem}.png").read_bytes()[:4] == b"\x89PNG"
+        assert "<svg" in (out / f"{stem}.svg").read_text()
+    runs = collect_runs(sweep)
+    (heat,) = heatmap_data(runs)
+    cells = read_csv(out / "heatmap.csv")
+    assert [float(c["mean"]) for c in cells] == pytest.approx([m for row in heat.mean for m in row])
+    points = read_csv(out / "curves.csv")
+    expected = [p for c in curves_data(runs) for p in c.points()]
+    assert [(p["label"], p["series"], int(p["step"])) for p in points] == [
+        (p["label"], p["series"], p["step"]) for p in expected
+    ]
+    assert [float(p["mean"]) for p in points] == pytest.approx([p["mean"] for p in expected])
+    table = read_csv(out / "runs.csv")
+    assert len(table) == 10 and {r["steps_to_target"] for r in table if r["optimizer"] == "mezo"} == {""}
+    aligned = read_csv(out / "alignment.csv")
+    assert {float(a["inv_d"]) for a in aligned} == {1e-3}
+
+
+def test_figures_draw_exactly_the_aggregated_numbers(sweep: Path, tmp_path: Path) -> None:
+    runs = collect_runs(sweep)
+    maps = heatmap_data(runs)
+    fig = report.plot_heatmaps(maps, tmp_path)
+    np.testing.assert_allclose(fig.axes[0].images[0].get_array(), np.array(maps[0].mean))
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert texts == [f"{v:.3g}" for row in maps[0].mean for v in row]
+
+    curves = curves_data(runs)
+    fig = report.plot_curves(curves, tmp_path)
+    drawn = {line.get_label(): line.get_ydata() for line in fig.axes[0].lines}
+    for curve in (c for c in curves if c.series == "accuracy"):
+        np.testing.assert_allclose(drawn[curve.label], curve.mean)
+
+    aligned, inv_d = report.alignment_data(runs)
+    fig = report.plot_alignment(aligned, inv_d, tmp_path)
+    lines = {line.get_label(): line.get_ydata() for line in fig.axes[0].lines}
+    assert list(lines.pop("1/d (random direction)")) == [1e-3, 1e-3]
+    for curve in aligned:
+        np.testing.assert_allclose(lines[curve.label], curve.mean)
+        assert curve.steps == [ALIGN_EVERY, STEPS]
+
+
+def test_wandb_history_gives_the_same_table_as_the_folders(
+    sweep: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--from-wandb against a stand-in API shaped like wandb's: history rows keyed by _step."""
+    local = collect_runs(sweep)
+
+    def api_run(run: Run) -> types.SimpleNamespace:
+        summary = json.loads((sweep / run.name / "summary.json").read_text())
+        history = [
+            {"_step": r["step"], "_runtime": 1.0, **{k: v for k, v in r.items() if k != "step"}}
+            for r in run.rows
+        ]
+        return types.SimpleNamespace(
+            path=["me", "zo", run.name],
+            config={**summary["config"], "overrides": summary["overrides"]},
+            summary={k: summary[k] for k in ("status", "s_per_step", "peak_mem_mib")},
+            state="finished",
+            scan_history=lambda: iter(history),
+        )
+
+    class Api:
+        def __init__(self, timeout: int) -> None:
+            pass
+
+        def runs(self, path: str, filters: dict) -> list:
+            assert (path, filters) == ("me/zo", {"config.task.name": "trec"})
+            return [api_run(r) for r in local]
+
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(Api=Api))
+    remote = report.wandb_runs("me/zo", {"config.task.name": "trec"})
+    strip = [{k: v for k, v in row.items() if k != "run"} for row in runs_table(local, (50,), 0.4)]
+    assert [{k: v for k, v in row.items() if k != "run"} for row in runs_table(remote, (50,), 0.4)] == strip
+
+
+def test_errors_are_one_line_and_exit_1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    assert report.main([str(tmp_path)]) == 1
+    assert "no runs under" in capsys.readouterr().err
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc login either
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path))
+    assert report.main(["--from-wandb", "me/zo"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot read W&B project 'me/zo'") and "WANDB_API_KEY" in err
+    with pytest.raises(SystemExit):
+        report.main([str(tmp_path), "--from-wandb", "me/zo"])  # one source, not both
+
+
+def test_report_reads_what_the_runner_writes(tmp_path: Path) -> None:
+    """A real (quadratic) θ × β sweep through launch.py, then the report on its folders."""
+    sweep = tmp_path / "sweep"
+    args = [*QUAD, "optimizer=conmezo", "train.steps=40", "train.eval_every=10", "log.align_every=10", "-m",
+            "optimizer.theta=1.2,1.5", "optimizer.beta=0.9,0.99", f"hydra.sweep.dir={sweep}"]  # fmt: skip
+    proc = cli(args, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    runs = collect_runs(sweep)
+    summaries = {r.name: json.loads((sweep / r.name / "summary.json").read_text()) for r in runs}
+    table = runs_table(runs, steps=(20,), target=0.0)
+    assert [r["status"] for r in table] == ["finished"] * 4 and {r["metric"] for r in table} == {"loss"}
+    assert [r["final"] for r in table] == [summaries[r["run"]]["final"]["loss"] for r in table]
+    assert [r["best"] for r in table] == [summaries[r["run"]]["best"]["loss"] for r in table]
+    (heat,) = heatmap_data(runs)
+    assert heat.n == [[1, 1], [1, 1]] and heat.thetas == [1.2, 1.5] and heat.betas == [0.9, 0.99]
+    aligned, inv_d = report.alignment_data(runs)
+    assert inv_d == pytest.approx(1e-3) and all(c.steps == [10, 20, 30, 40] for c in aligned)
+    written = {p.name for p in report.report(runs, tmp_path / "out")}
+    assert {"runs.csv", "heatmap.svg", "curves.png", "alignment.csv"} <= written

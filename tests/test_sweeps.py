@@ -1,0 +1,104 @@
+"""The named sweeps reproduce the ConMeZO paper's grids and settings, and every grid point is valid."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import ROOT
+from zo.config import validate
+
+
+def axis(values: str) -> list[str]:
+    return values.split()
+
+
+ROBERTA = dict(model="roberta-large", lr=1e-6, eps=1e-3, theta=1.35, beta=0.99, steps=10000, batch=64)
+OPT = dict(model="opt-1.3b", lr=1e-7, eps=1e-3, theta=1.4, beta=0.99, steps=20000, batch=16)
+KEYS = dict(model="model.name", task="task.name", optimizer="optimizer.name", lr="optimizer.lr",
+            eps="optimizer.eps", theta="optimizer.theta", beta="optimizer.beta", steps="train.steps",
+            batch="train.batch_size", schedule="schedule.kind")  # fmt: skip
+# name: (grid as in hydra.sweeper.params, settings every job shares)
+SWEEPS = {
+    "synthetic": (
+        {
+            "optimizer.lr": axis("1 1e-1 1e-2 1e-3 1e-4"),
+            "optimizer.beta": axis("0.8 0.9 0.95 0.99"),
+            "optimizer.theta": axis("1.2 1.3 1.4 1.5"),
+            "train.seed": axis("0 1 2"),
+        },
+        dict(model="quadratic", task="quadratic", schedule="constant", eps=0.01),
+    ),
+    "trec_heatmap": (
+        {"optimizer.theta": axis("1.2 1.3 1.35 1.4 1.5"), "optimizer.beta": axis("0.8 0.9 0.95 0.99")},
+        {**ROBERTA, "task": "trec", "optimizer": "conmezo"},
+    ),
+    "roberta_table": (
+        {
+            "task": axis("sst2 sst5 snli mnli rte trec"),
+            "optimizer": axis("mezo conmezo"),
+            "train.seed": axis("13 21 42 87 100"),
+        },
+        ROBERTA,
+    ),
+    "opt_table": (
+        {"task": axis("sst2 rte wic boolq multirc record squad drop"), "optimizer": axis("mezo conmezo")},
+        OPT,
+    ),
+}
+
+
+def compose(overrides: list[str]):
+    """Compose as launch.py does: the repo root on the search path, so `+sweeps=NAME` resolves."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        search = f"hydra.searchpath=[file://{ROOT}]"
+        return hydra_compose(config_name="config", overrides=[*overrides, search], return_hydra_config=True)
+
+
+def pick(cfg, dotted: str):
+    node = cfg
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+@pytest.mark.parametrize("name", SWEEPS)
+def test_sweep_grid_settings_and_stable_folders(name: str) -> None:
+    grid, settings = SWEEPS[name]
+    hydra = compose([f"+sweeps={name}"]).hydra
+    assert {k: str(v).split(",") for k, v in hydra.sweeper.params.items()} == grid
+    assert hydra.sweep.dir == f"outputs/sweeps/{name}"
+    assert hydra.sweep.subdir == hydra.job.override_dirname  # a re-run lands in the same job folders
+    last_point = [f"{k}={v[-1]}" for k, v in grid.items()]
+    cfg = compose([f"+sweeps={name}", *last_point])
+    validate(cfg)
+    assert cfg.resume is True
+    for key, value in settings.items():
+        if KEYS[key] in grid:  # a grid axis: the point's own value
+            continue
+        assert pick(cfg, KEYS[key]) == (pytest.approx(value) if isinstance(value, float) else value), key
+
+
+def test_roberta_seed_picks_the_kshot_sample_too() -> None:
+    cfg = compose(["+sweeps=roberta_table", "train.seed=87", "task=rte"])
+    assert (cfg.task.name, cfg.task.data_seed, cfg.train.seed) == ("rte", 87, 87)
+
+
+def test_slurm_gpu_preset_extends_submitit_slurm() -> None:
+    launcher = compose(
+        ["+sweeps=trec_heatmap", "hydra/launcher=slurm_gpu", "hydra.launcher.partition=a100"]
+    ).hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.partition, launcher.gpus_per_node, launcher.tasks_per_node) == ("a100", 1, 1)
+    assert launcher.timeout_min > 0 and launcher.mem_gb > 0 and launcher.cpus_per_task > 0
+    assert launcher.array_parallelism > 0 and launcher.submitit_folder.startswith(
+        "outputs/sweeps/trec_heatmap/"
+    )
+
+
+def test_readme_lists_every_sweep_with_its_command() -> None:
+    readme = (ROOT / "sweeps" / "README.md").read_text()
+    for name in SWEEPS:
+        assert f"+sweeps={name}" in readme
