@@ -107,8 +107,8 @@ class ZOOptimizer:
                 if key in self._active:  # tied weight already perturbed by an enclosing module
                     continue
                 original = p.data
-                z = self.direction(self._index[key], original)
-                p.data = (original.float() + self._scale * z).to(original.dtype)
+                z = self.direction(self._index[key], original)  # a fresh fp32 tensor: reuse it in place
+                p.data = z.mul_(self._scale).add_(original).to(original.dtype)
                 self._active[key] = (p, original)
                 if self._touched is not None:
                     self._touched.add(key)
@@ -169,11 +169,19 @@ class ZOOptimizer:
         store(dst, value, self.param_seed(i, salt), self.cfg.stochastic_rounding)
 
     def step_param(self, i: int, p: torch.Tensor, along: torch.Tensor, lr: float) -> None:
-        """x_i ← x_i − lr·(along + wd·x_i), computed in fp32."""
-        new = p.float()
-        if self.cfg.weight_decay and self.decays[i]:
-            new = new - lr * self.cfg.weight_decay * new
-        self.write(p, new - lr * along, i, salt=1)
+        """x_i ← x_i − lr·(along + wd·x_i), computed in fp32 (in place when p is fp32)."""
+        decay = 1.0 - lr * self.cfg.weight_decay if self.decays[i] else 1.0
+        if p.dtype == torch.float32:
+            p.mul_(decay).add_(along, alpha=-lr)
+            return
+        self.write(p, p.float().mul_(decay).add_(along, alpha=-lr), i, salt=1)
+
+    def blend(self, i: int, m: torch.Tensor, g: torch.Tensor, beta: float) -> None:
+        """m_i ← β m_i + (1 − β) g, in place when m is fp32."""
+        if m.dtype == torch.float32:
+            m.mul_(beta).add_(g, alpha=1.0 - beta)
+        else:
+            self.write(m, m.float().mul_(beta).add_(g, alpha=1.0 - beta), i, salt=2)
 
     # ---- alignment and state ------------------------------------------------------------------
     def reference_vector(self, i: int, p: torch.Tensor) -> torch.Tensor:

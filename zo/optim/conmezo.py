@@ -44,12 +44,12 @@ class ConMeZO(ZOOptimizer):
 
     @staticmethod
     def _norm(tensors: list[torch.Tensor]) -> float:
-        return math.sqrt(sum(float(t.float().pow(2).sum()) for t in tensors))
+        return math.sqrt(sum(float(torch.linalg.vector_norm(t, dtype=torch.float32)) ** 2 for t in tensors))
 
     def _set_u_scale(self) -> None:
         if self.cfg.unit_u:
             sq = sum(
-                float(gaussian(p.shape, self.param_seed(i), p.device).pow(2).sum())
+                float(torch.linalg.vector_norm(gaussian(p.shape, self.param_seed(i), p.device))) ** 2
                 for i, p in enumerate(self.params)
             )
             self.u_scale = 1.0 / math.sqrt(sq)
@@ -60,19 +60,17 @@ class ConMeZO(ZOOptimizer):
             self._set_u_scale()
 
     def direction(self, i: int, p: torch.Tensor) -> torch.Tensor:
-        u = gaussian(p.shape, self.param_seed(i), p.device)
-        m = self.momentum[i].float()
-        return self.sqrt_d * (self.cos / self.m_norm * m + self.sin * self.u_scale * u)
+        z = gaussian(p.shape, self.param_seed(i), p.device).mul_(self.sqrt_d * self.sin * self.u_scale)
+        return z.add_(self.momentum[i], alpha=self.sqrt_d * self.cos / self.m_norm)
 
     def update(self, lr: float, beta: float | None) -> None:
         assert beta is not None
         sq = 0.0
         for i, p in enumerate(self.params):
-            g = self.projected_grad * self.direction(i, p.data)  # uses the old m and ‖m‖
+            g = self.direction(i, p.data).mul_(self.projected_grad)  # uses the old m and ‖m‖
             self.step_param(i, p.data, g, lr)
-            m = beta * self.momentum[i].float() + (1.0 - beta) * g
-            self.write(self.momentum[i], m, i, salt=2)
-            sq += float(self.momentum[i].float().pow(2).sum())
+            self.blend(i, self.momentum[i], g, beta)
+            sq += float(torch.linalg.vector_norm(self.momentum[i], dtype=torch.float32)) ** 2
         self.m_norm = math.sqrt(sq)
         if not 0.0 < self.m_norm < math.inf:
             raise ZOError(f"momentum norm is {self.m_norm} after the update; lower optimizer.lr")

@@ -20,4 +20,4 @@ class MeZO(ZOOptimizer):
 
     def update(self, lr: float, beta: float | None) -> None:
         for i, p in enumerate(self.params):
-            self.step_param(i, p.data, self.projected_grad * self.direction(i, p.data), lr)
+            self.step_param(i, p.data, self.direction(i, p.data).mul_(self.projected_grad), lr)

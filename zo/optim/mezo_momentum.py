@@ -25,10 +25,8 @@ class MeZOMomentum(MeZO):
     def update(self, lr: float, beta: float | None) -> None:
         assert beta is not None
         for i, p in enumerate(self.params):
-            g = self.projected_grad * self.direction(i, p.data)
-            m = beta * self.momentum[i].float() + (1.0 - beta) * g
-            self.write(self.momentum[i], m, i, salt=2)
-            self.step_param(i, p.data, m, lr)
+            self.blend(i, self.momentum[i], self.direction(i, p.data).mul_(self.projected_grad), beta)
+            self.step_param(i, p.data, self.momentum[i].float(), lr)
 
     def reference_vector(self, i: int, p: torch.Tensor) -> torch.Tensor:
         return self.momentum[i].float()
