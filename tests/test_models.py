@@ -80,8 +80,17 @@ def test_single_token_fast_path_equals_sequence_scoring(smollm2) -> None:
 def test_zero_shot_smollm2_beats_chance_on_sst2(smollm2, needs_shared: Path) -> None:
     model, tok = smollm2
     task = build_task("sst2_review")
-    data = load_task_data(task, needs_shared, sampling="fixed", k=0, num_train=0, num_dev=0,
-                          num_test=200, test_cap=1000, data_seed=42)  # fmt: skip
+    data = load_task_data(
+        task,
+        needs_shared,
+        sampling="fixed",
+        k=0,
+        num_train=0,
+        num_dev=0,
+        num_test=200,
+        test_cap=1000,
+        data_seed=42,
+    )
     accuracy = CausalLM(task, tok, 128).evaluate(model, data.test, 32)["accuracy"]
     # measured 0.77 on 300 dev sentences; 0.65 is ~4 binomial std below, chance is 0.5
     assert accuracy >= 0.65
@@ -99,3 +108,57 @@ def test_default_model_runs_a_few_real_steps(tmp_path: Path) -> None:
     assert 0.0 <= summary["final"]["accuracy"] <= 1.0 and summary["data"]["task"] == "bbcnews"
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1, 2] and all(r["loss"] > 0 for r in rows[1:])
+
+
+def test_classification_head_run_on_minilm(tmp_path: Path, needs_shared: Path) -> None:
+    out = tmp_path / "minilm"
+    args = [
+        "model=minilm",
+        "task=sst2",
+        "task.sampling=fixed",
+        "task.num_train=32",
+        "task.num_test=24",
+        "train.eval_samples=24",
+        "train.steps=2",
+        "train.batch_size=4",
+        "log.wandb=disabled",
+        f"hydra.run.dir={out}",
+    ]
+    res = cli(args, tmp_path)
+    assert res.returncode == 0, res.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "finished" and 20_000_000 < summary["params"] < 25_000_000
+    assert summary["final"]["accuracy"] in {i / 24 for i in range(25)}
+
+
+def test_generation_task_runs_with_f1_and_em(tmp_path: Path) -> None:
+    root = tmp_path / "datasets" / "SQuAD"
+    root.mkdir(parents=True)
+    qas = [
+        {
+            "question": f"Who wrote book {i}?",
+            "answers": [{"text": f"Author {i}", "answer_start": 0}],
+            "id": str(i),
+        }
+        for i in range(6)
+    ]
+    squad = {"data": [{"title": "Books", "paragraphs": [{"context": "Author 0 wrote book 0.", "qas": qas}]}]}
+    for name in ("train-v1.1.json", "dev-v1.1.json"):
+        (root / name).write_text(json.dumps(squad))
+    out = tmp_path / "gen"
+    args = [
+        "model=tiny-llama",
+        "task=squad",
+        f"data.root={root.parent}",
+        "task.num_train=6",
+        "task.num_test=4",
+        "train.eval_samples=4",
+        "train.steps=2",
+        "train.batch_size=2",
+        "log.wandb=disabled",
+        f"hydra.run.dir={out}",
+    ]
+    res = cli(args, tmp_path)
+    assert res.returncode == 0, res.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["metric"] == "f1" and 0.0 <= summary["final"]["f1"] <= 1.0 and "em" in summary["final"]

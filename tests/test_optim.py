@@ -281,3 +281,13 @@ def test_untouched_parameter_is_reported() -> None:
     opt.begin_step(1)
     with pytest.raises(ZOError, match="not perturbed"), torch.no_grad(), opt.perturb(+1):
         model()
+
+
+def test_bf16_momentum_buffer_still_descends() -> None:
+    model = Quadratic(d=200, seed=0)
+    opt = build(model, OptimConfig(name="conmezo", eps=1e-2, momentum_dtype="bf16"), seed=5)
+    assert opt.momentum[0].dtype == torch.bfloat16 and model.x.dtype == torch.float32
+    start = model().item()
+    for t in range(1, 401):
+        zo_step(opt, model, t, lr=5e-3, beta=0.9)
+    assert model().item() < 0.5 * start

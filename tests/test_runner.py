@@ -184,3 +184,28 @@ def test_flags_move_before_overrides(argv: list[str], expected: list[str]) -> No
     import launch
 
     assert launch.prepare_argv(argv) == [*expected, f"hydra.searchpath=[file://{ROOT}]"]
+
+
+def test_full_disk_keeps_previous_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    import torch
+
+    from zo import ZOError, checkpoint
+    from zo.optim import build
+    from zo.optim.base import OptimConfig
+    from zo.quadratic import Quadratic
+
+    model = Quadratic(d=10)
+    opt = build(model, OptimConfig(name="conmezo"), seed=0)
+    checkpoint.save(tmp_path, model, opt, step=4, metrics_bytes=123)
+    before = (tmp_path / checkpoint.NAME).read_bytes()
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(ZOError, match="disk full while writing .*previous checkpoint and metrics are intact"):
+        checkpoint.save(tmp_path, model, opt, step=8, metrics_bytes=456)
+    assert (tmp_path / checkpoint.NAME).read_bytes() == before
+    assert not list(tmp_path.glob("*.tmp"))

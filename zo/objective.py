@@ -230,7 +230,8 @@ class CausalLM(_Tokenized):
                     max_length=self.max_length,
                 ).to(_device(model))
                 out = model.generate(
-                    **enc,
+                    input_ids=enc["input_ids"],
+                    attention_mask=enc["attention_mask"],
                     max_new_tokens=self.max_new_tokens,
                     do_sample=False,
                     pad_token_id=self.tok.pad_token_id,
