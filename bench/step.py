@@ -121,9 +121,9 @@ class ReferenceMeZO:
         self._walk(seed, -self.lr * projected)
 
 
-def ours(name: str) -> Callable:
+def ours(name: str, **options) -> Callable:
     def make(model: nn.Module):
-        opt = build(model, OptimConfig(name=name, lr=1e-7, eps=1e-3), seed=0)
+        opt = build(model, OptimConfig(name=name, lr=1e-7, eps=1e-3, **options), seed=0)
 
         def step(loss_fn: Callable[[], torch.Tensor], seed: int) -> None:
             opt.begin_step(seed)
@@ -144,6 +144,7 @@ METHODS = {
     "mezo": ours("mezo"),
     "mezo_momentum": ours("mezo_momentum"),
     "conmezo": ours("conmezo"),
+    "conmezo_gaussian_u": ours("conmezo", unit_u=False),  # u = N(0, I)/√d: no norm pass
 }
 
 
@@ -248,7 +249,7 @@ def main() -> None:
             "—" if peak is None else f"{peak:.0f}",
             "—" if infer is None else f"{infer:.0f}",
         )
-    Console().print(table)
+    Console(width=150).print(table)
     out = args.out or Path(f"bench/results/step-{device.type}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"machine": machine, "date": str(date.today()), "rows": rows}, indent=2))

@@ -291,3 +291,15 @@ def test_bf16_momentum_buffer_still_descends() -> None:
     for t in range(1, 401):
         zo_step(opt, model, t, lr=5e-3, beta=0.9)
     assert model().item() < 0.5 * start
+
+
+def test_tied_weight_direction_is_drawn_once_per_forward() -> None:
+    model = TwoLayer(torch.float32)  # emb.weight is also head.weight
+    opt = build(model, OptimConfig(name="mezo"), seed=0)
+    drawn: list[int] = []
+    original = opt.direction
+    opt.direction = lambda i, p: drawn.append(i) or original(i, p)
+    opt.begin_step(1)
+    with torch.no_grad(), opt.perturb(+1):
+        model()
+    assert sorted(drawn) == list(range(len(opt.params)))  # each trainable tensor exactly once

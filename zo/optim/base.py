@@ -90,12 +90,18 @@ class ZOOptimizer:
 
     # ---- perturbation -------------------------------------------------------------------------
     def _install_hooks(self, model: nn.Module) -> list:
-        handles = []
+        handles, owners = [], {}
         for module in model.modules():
             own = [p for p in module.parameters(recurse=False) if id(p) in self._index]
+            for p in own:
+                owners[id(p)] = owners.get(id(p), 0) + 1
             if own:
                 handles.append(module.register_forward_pre_hook(self._make_pre_hook(own)))
                 handles.append(module.register_forward_hook(self._make_post_hook(own)))
+        # Tied weights (input embedding = output head) are entered twice per forward: keep their
+        # perturbed copy for the whole forward instead of drawing z for them twice.
+        self._tied = {key for key, count in owners.items() if count > 1}
+        self._tied_cache: dict[int, torch.Tensor] = {}
         return handles
 
     def _make_pre_hook(self, own: list[nn.Parameter]):
@@ -107,8 +113,13 @@ class ZOOptimizer:
                 if key in self._active:  # tied weight already perturbed by an enclosing module
                     continue
                 original = p.data
-                z = self.direction(self._index[key], original)  # a fresh fp32 tensor: reuse it in place
-                p.data = z.mul_(self._scale).add_(original).to(original.dtype)
+                perturbed = self._tied_cache.get(key)
+                if perturbed is None:
+                    z = self.direction(self._index[key], original)  # a fresh fp32 tensor: reuse it in place
+                    perturbed = z.mul_(self._scale).add_(original).to(original.dtype)
+                    if key in self._tied:
+                        self._tied_cache[key] = perturbed
+                p.data = perturbed
                 self._active[key] = (p, original)
                 if self._touched is not None:
                     self._touched.add(key)
@@ -136,6 +147,7 @@ class ZOOptimizer:
             for p, original in self._active.values():  # a forward that raised leaves weights swapped
                 p.data = original
             self._active.clear()
+            self._tied_cache.clear()
             touched, self._touched = self._touched, None
         if touched is not None:
             self._check_coverage(touched)
