@@ -187,7 +187,7 @@ class CausalLM(_Tokenized):
 
     def _next_token_scores(
         self, model: nn.Module, batch: list[Example], ids: list[list[int]]
-    ) -> torch.Tensor:  # noqa: E501
+    ) -> torch.Tensor:
         """Single-token candidates: one forward over the contexts, read the next-token distribution.
 
         Same numbers as scoring each context+candidate sequence, at 1/C of the cost.

@@ -148,10 +148,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     model.to(device).eval()  # dropout off: f(x+λz) and f(x−λz) must see the same network
     objective = build_objective(task, cfg.model.kind, tokenizer, cfg.task.max_length)
     optimizer = build(model, optim_config(cfg), cfg.train.seed)
-    schedule = BetaSchedule(beta_final=cfg.optimizer.beta, kind=cfg.schedule.kind,
-                            beta_start=cfg.schedule.beta_start, flat_steps=cfg.schedule.flat_steps,
-                            ramp_end=cfg.schedule.ramp_end, ref_steps=cfg.schedule.ref_steps,
-                            total_steps=cfg.train.steps)  # fmt: skip
+    schedule = BetaSchedule(
+        beta_final=cfg.optimizer.beta, total_steps=cfg.train.steps, **OmegaConf.to_container(cfg.schedule)
+    )
     eval_set = data.test[: cfg.train.eval_samples]
     if task.task_type != "synthetic" and (not data.train or not eval_set):
         raise ZOError(f"task {task.name}: empty train or test split after sampling; check task.* sizes")
@@ -190,11 +189,11 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         log.write(row)
         wandb.log(row)
         progress.step(row, evaluated)
-        if evaluated:
-            better = min if metric == "loss" else max
-            best = summary["best"]
-            if best is None or better(row[metric], best[metric]) != best[metric]:
-                summary["best"] = {metric: row[metric], "step": row["step"]}
+        if not evaluated:
+            return
+        best, value = summary["best"], row[metric]
+        if best is None or (value < best[metric] if metric == "loss" else value > best[metric]):
+            summary["best"] = {metric: value, "step": row["step"]}
 
     progress = Progress(steps, start, metric)
     if start == 0:

@@ -70,6 +70,7 @@ class ZOOptimizer:
         self.d = sum(p.numel() for p in self.params)
         self.step_seed = 0
         self.projected_grad = 0.0
+        self.momentum: list[torch.Tensor] | None = None  # set by optimizers that keep one
         self._scale = 0.0
         self._active: dict[int, tuple[nn.Parameter, torch.Tensor]] = {}
         self._touched: set[int] | None = None
@@ -183,10 +184,12 @@ class ZOOptimizer:
     def step_param(self, i: int, p: torch.Tensor, along: torch.Tensor, lr: float) -> None:
         """x_i ← x_i − lr·(along + wd·x_i), computed in fp32 (in place when p is fp32)."""
         decay = 1.0 - lr * self.cfg.weight_decay if self.decays[i] else 1.0
-        if p.dtype == torch.float32:
-            p.mul_(decay).add_(along, alpha=-lr)
-            return
-        self.write(p, p.float().mul_(decay).add_(along, alpha=-lr), i, salt=1)
+        new = p if p.dtype == torch.float32 else p.float()
+        if decay != 1.0:
+            new.mul_(decay)
+        new.add_(along, alpha=-lr)
+        if new is not p:
+            self.write(p, new, i, salt=1)
 
     def blend(self, i: int, m: torch.Tensor, g: torch.Tensor, beta: float) -> None:
         """m_i ← β m_i + (1 − β) g, in place when m is fp32."""
@@ -198,10 +201,10 @@ class ZOOptimizer:
     # ---- alignment and state ------------------------------------------------------------------
     def reference_vector(self, i: int, p: torch.Tensor) -> torch.Tensor:
         """The vector whose alignment with the true gradient is logged (momentum, or this step's z)."""
-        return self.direction(i, p)
+        return self.direction(i, p) if self.momentum is None else self.momentum[i].float()
 
     def state_dict(self) -> dict:
-        return {"name": self.name, "d": self.d}
+        return {"name": self.name, "d": self.d, "momentum": self.momentum}
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("name") != self.name or state.get("d") != self.d:
@@ -209,6 +212,8 @@ class ZOOptimizer:
                 f"checkpoint holds optimizer {state.get('name')} over {state.get('d')} parameters, "
                 f"this run uses {self.name} over {self.d}: use a fresh output folder or resume=false"
             )
+        for buf, saved in zip(self.momentum or [], state["momentum"] or [], strict=True):
+            buf.copy_(saved)
 
     def momentum_dtype(self, p: torch.Tensor) -> torch.dtype:
         return p.dtype if self.cfg.momentum_dtype == "param" else DTYPES[self.cfg.momentum_dtype]

@@ -22,6 +22,10 @@ from zo.optim import register
 from zo.optim.base import OptimConfig, ZOOptimizer
 
 
+def _sq_norm(t: torch.Tensor) -> float:
+    return float(torch.linalg.vector_norm(t, dtype=torch.float32)) ** 2
+
+
 @register
 class ConMeZO(ZOOptimizer):
     name = "conmezo"
@@ -35,29 +39,17 @@ class ConMeZO(ZOOptimizer):
         self.u_scale = 1.0 / self.sqrt_d
         # m_0 = u_0: a random unit vector, drawn from a seed that no step uses.
         self.begin_step(-1)
-        self._set_u_scale()
         self.momentum = [
             (self.u_scale * gaussian(p.shape, self.param_seed(i), p.device)).to(self.momentum_dtype(p))
             for i, p in enumerate(self.params)
         ]
-        self.m_norm = self._norm(self.momentum)
-
-    @staticmethod
-    def _norm(tensors: list[torch.Tensor]) -> float:
-        return math.sqrt(sum(float(torch.linalg.vector_norm(t, dtype=torch.float32)) ** 2 for t in tensors))
-
-    def _set_u_scale(self) -> None:
-        if self.cfg.unit_u:
-            sq = sum(
-                float(torch.linalg.vector_norm(gaussian(p.shape, self.param_seed(i), p.device))) ** 2
-                for i, p in enumerate(self.params)
-            )
-            self.u_scale = 1.0 / math.sqrt(sq)
+        self.m_norm = math.sqrt(sum(_sq_norm(m) for m in self.momentum))
 
     def begin_step(self, step: int) -> None:
         super().begin_step(step)
-        if hasattr(self, "momentum"):
-            self._set_u_scale()
+        if self.cfg.unit_u:  # u = n/‖n‖ needs this step's ‖n‖ before the first perturbed forward
+            gaussians = (gaussian(p.shape, self.param_seed(i), p.device) for i, p in enumerate(self.params))
+            self.u_scale = 1.0 / math.sqrt(sum(_sq_norm(n) for n in gaussians))
 
     def direction(self, i: int, p: torch.Tensor) -> torch.Tensor:
         z = gaussian(p.shape, self.param_seed(i), p.device).mul_(self.sqrt_d * self.sin * self.u_scale)
@@ -70,19 +62,14 @@ class ConMeZO(ZOOptimizer):
             g = self.direction(i, p.data).mul_(self.projected_grad)  # uses the old m and ‖m‖
             self.step_param(i, p.data, g, lr)
             self.blend(i, self.momentum[i], g, beta)
-            sq += float(torch.linalg.vector_norm(self.momentum[i], dtype=torch.float32)) ** 2
+            sq += _sq_norm(self.momentum[i])
         self.m_norm = math.sqrt(sq)
         if not 0.0 < self.m_norm < math.inf:
             raise ZOError(f"momentum norm is {self.m_norm} after the update; lower optimizer.lr")
 
-    def reference_vector(self, i: int, p: torch.Tensor) -> torch.Tensor:
-        return self.momentum[i].float()
-
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "momentum": self.momentum, "m_norm": self.m_norm}
+        return {**super().state_dict(), "m_norm": self.m_norm}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
-        for buf, saved in zip(self.momentum, state["momentum"], strict=True):
-            buf.copy_(saved)
         self.m_norm = state["m_norm"]

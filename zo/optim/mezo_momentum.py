@@ -27,14 +27,3 @@ class MeZOMomentum(MeZO):
         for i, p in enumerate(self.params):
             self.blend(i, self.momentum[i], self.direction(i, p.data).mul_(self.projected_grad), beta)
             self.step_param(i, p.data, self.momentum[i].float(), lr)
-
-    def reference_vector(self, i: int, p: torch.Tensor) -> torch.Tensor:
-        return self.momentum[i].float()
-
-    def state_dict(self) -> dict:
-        return {**super().state_dict(), "momentum": self.momentum}
-
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
-        for buf, saved in zip(self.momentum, state["momentum"], strict=True):
-            buf.copy_(saved)
