@@ -8,10 +8,13 @@ import pytest
 import torch
 from torch import nn
 
+from zo.fused import kernel
+from zo.noise import normal_at, positions
 from zo.optim import build, names
 from zo.optim.base import OptimConfig
+from zo.optim.mezo import mezo_step
 from zo.quadratic import Quadratic
-from zo.rounding import stochastic_round
+from zo.rounding import round_to
 from zo.schedule import BetaSchedule
 
 
@@ -48,7 +51,7 @@ def mean_estimate(opt, model: Linear, n: int) -> torch.Tensor:
             plus = model().item()
         with torch.no_grad(), opt.perturb(-1):
             minus = model().item()
-        total += opt.estimate(plus, minus) * opt.direction(0, model.x.data)
+        total += opt.estimate(plus, minus) * opt.direction(0)
     return total / n
 
 
@@ -59,34 +62,45 @@ def test_registry_lists_the_three_optimizers() -> None:
 def test_mezo_estimator_is_unbiased() -> None:
     a = torch.linspace(-1.0, 2.0, 10)
     model = Linear(a)
-    opt = build(model, OptimConfig(name="mezo", eps=1e-2), seed=1)
+    opt = build(model, OptimConfig(name="mezo", eps=1e-2, fused=False), seed=1)
     est = mean_estimate(opt, model, 6000)
     # std of the mean ≈ sqrt((d+1)/n)·‖a‖ ≈ 0.043‖a‖; 0.15 is > 3σ, a factor-2 error would be 1.0
     assert (est - a).norm() / a.norm() < 0.15
 
 
-def test_cone_estimator_mean_and_second_moment() -> None:
+@pytest.mark.parametrize("unit_u", [True, False])
+def test_cone_estimator_mean_and_second_moments(unit_u: bool) -> None:
     d, theta = 8, 1.2
     a = torch.tensor([1.0, -2.0, 0.5, 0.0, 1.5, -0.5, 2.0, 1.0])
     model = Linear(a)
-    opt = build(model, OptimConfig(name="conmezo", eps=1e-2, theta=theta), seed=3)
+    cfg = OptimConfig(name="conmezo", eps=1e-2, theta=theta, unit_u=unit_u, fused=False)
+    opt = build(model, cfg, seed=3)
     m_hat = torch.tensor([1.0, 1.0, 0, 0, 0, 0, 0, 0]) / math.sqrt(2)
     opt.momentum[0].copy_(m_hat)
     opt.m_norm = 1.0
     n = 20000
-    total, second = torch.zeros(d), 0.0
+    total, second, g_sq = torch.zeros(d), 0.0, 0.0
     for t in range(n):
         opt.begin_step(t)
-        z = opt.direction(0, model.x.data)
+        z = opt.direction(0)
         proj = float(z @ a)
         total += proj * z
         second += proj**2
+        g_sq += proj**2 * float(z @ z)
     c2, s2 = math.cos(theta) ** 2, math.sin(theta) ** 2
-    expected = d * c2 * (m_hat @ a) * m_hat + s2 * a
+    alpha, a_sq = float(m_hat @ a), float(a @ a)
+    expected = d * c2 * alpha * m_hat + s2 * a
     assert (total / n - expected).norm() / expected.norm() < 0.08
     # E[(zᵀa)²] = d cos²θ (m̂ᵀa)² + sin²θ ‖a‖², the quantity Lemma 2's bound is built from
-    expected_second = d * c2 * float(m_hat @ a) ** 2 + s2 * float(a @ a)
-    assert abs(second / n - expected_second) / expected_second < 0.05
+    assert second / n == pytest.approx(d * c2 * alpha**2 + s2 * a_sq, rel=0.05)
+    # Second moment of the estimator g = (zᵀa) z. With ‖u‖ = 1, ‖z‖² = d(1 + 2cs m̂ᵀu) and only
+    # E[uuᵀ] = I/d and odd moments enter:
+    #   E‖g‖² = d² cos²θ α² + d sin²θ ‖a‖² + 4d cos²θ sin²θ α²  ≤  d (d cos²θ + sin²θ + 4 cos²θ sin²θ) ‖a‖²
+    # (the bound since α² ≤ ‖a‖²). u = N(0, I)/√d adds 2 sin⁴θ ‖a‖² (E[(uᵀa)²‖u‖²] = (d+2)‖a‖²/d²).
+    exact = d * d * c2 * alpha**2 + d * s2 * a_sq + 4 * d * c2 * s2 * alpha**2
+    if not unit_u:
+        exact += 2 * s2 * s2 * a_sq
+    assert g_sq / n == pytest.approx(exact, rel=0.06)
 
 
 @pytest.mark.parametrize("unit_u", [True, False])
@@ -97,7 +111,7 @@ def test_cone_geometry_in_high_dimension(unit_u: bool) -> None:
     m_hat = opt.momentum[0].float() / opt.m_norm
     for t in range(3):
         opt.begin_step(t)
-        z = opt.direction(0, model.x.data)
+        z = opt.direction(0)
         assert float(z @ m_hat) / float(z.norm()) == pytest.approx(math.cos(theta), abs=0.01)
         assert float(z @ z) / d == pytest.approx(1.0, abs=0.02)
 
@@ -109,7 +123,7 @@ def test_cone_at_right_angle_is_mezo() -> None:
     for t in (1, 2, 3):
         cone.begin_step(t)
         mezo.begin_step(t)
-        torch.testing.assert_close(cone.direction(0, model.x.data), mezo.direction(0, model.x.data))
+        torch.testing.assert_close(cone.direction(0), mezo.direction(0))
 
 
 @pytest.mark.parametrize(
@@ -200,8 +214,9 @@ def test_stochastic_rounding_is_unbiased(dtype: torch.dtype) -> None:
     assert (x.to(dtype).float() == grid.float()).all()  # round-to-nearest loses the 0.3 gap
     n = 20000
     total = torch.zeros(4, dtype=torch.float64)
+    idx = positions(0, 4, x.device)
     for s in range(n):
-        total += stochastic_round(x, dtype, seed=s).double()
+        total += round_to(x, dtype, idx, seed=s, stochastic=True).double()
     # each draw lands on grid or up with p = 0.3; the std of the mean is ≈ 0.0032 gap
     assert ((total / n - x.double()).abs() / gap < 0.015).all()
 
@@ -218,25 +233,25 @@ def test_tiny_updates_survive_low_precision_only_with_stochastic_rounding(dtype:
         assert (moved > 0) is stochastic
 
 
+@pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_expected_update_is_preserved(dtype: torch.dtype) -> None:
-    model = Linear(torch.ones(512))
-    opt = build(model, OptimConfig(name="mezo"), seed=0)
-    along = torch.linspace(-2.0, 2.0, 512)
+def test_expected_update_is_preserved(dtype: torch.dtype, fused: bool) -> None:
+    """The MeZO update kernel on low-precision weights moves them by lr·p·z on average."""
+    step_kernel = kernel(mezo_step, fused)
+    n_elems, noise_seed = 512, 12345
+    z = normal_at(positions(0, n_elems, torch.device("cpu")), noise_seed)
     gap = 2.0**-7 if dtype == torch.bfloat16 else 2.0**-10  # one ulp just above 1.0 (half that below)
-    lr = 0.1 * gap  # moves of up to 0.2 ulp above 1.0 (0.4 below): nearest rounding keeps 1.0
-    total = torch.zeros(512, dtype=torch.float64)
-    n = 5000
+    step = 0.1 * gap / float(z.abs().max())  # moves of up to 0.1 ulp: nearest rounding keeps 1.0
+    total = torch.zeros(n_elems, dtype=torch.float64)
+    n = 4000
     for t in range(n):
-        opt.begin_step(t)
-        p = torch.ones(512, dtype=dtype)
-        opt.step_param(0, p, along, lr)
-        total += p.double()
-    error = (total / n - (1.0 - lr * along.double())).abs()
-    # sampling noise: 5σ ≈ 0.035 gap; nearest rounding would err by up to 0.2 gap
-    assert float(error.max()) < 0.05 * gap
-    nearest = (1.0 - lr * along).to(dtype).double()
-    assert float((nearest - (1.0 - lr * along.double())).abs().max()) > 0.15 * gap
+        x = torch.ones(n_elems, dtype=dtype)
+        step_kernel(x, 0, noise_seed, t, 1.0, step, True)
+        total += x.double()
+    exact = 1.0 - step * z.double()
+    # sampling noise: 5σ ≈ 0.025 gap; nearest rounding would err by up to 0.1 gap
+    assert float((total / n - exact).abs().max()) < 0.04 * gap
+    assert float(((1.0 - step * z).to(dtype).double() - exact).abs().max()) > 0.08 * gap
 
 
 @pytest.mark.parametrize("name", ["mezo", "mezo_momentum", "conmezo"])
@@ -297,9 +312,9 @@ def test_tied_weight_direction_is_drawn_once_per_forward() -> None:
     model = TwoLayer(torch.float32)  # emb.weight is also head.weight
     opt = build(model, OptimConfig(name="mezo"), seed=0)
     drawn: list[int] = []
-    original = opt.direction
-    opt.direction = lambda i, p: drawn.append(i) or original(i, p)
+    original = opt._perturbed
+    opt._perturbed = lambda run: drawn.extend(id(s.param) for s in run.segments) or original(run)
     opt.begin_step(1)
     with torch.no_grad(), opt.perturb(+1):
         model()
-    assert sorted(drawn) == list(range(len(opt.params)))  # each trainable tensor exactly once
+    assert sorted(drawn) == sorted(id(p) for p in opt.params)  # each trainable tensor exactly once

@@ -115,6 +115,7 @@ def test_nan_loss_stops_with_one_line_and_keeps_metrics(tmp_path: Path, needs_sh
         ("optimizer.eps=0", "optimizer.eps=0 is invalid"),
         ("train.steps=-1", "train.steps=-1 is invalid"),
         ("log.wandb=maybe", "log.wandb=maybe is invalid"),
+        ("optimizer.fused=sometimes", "optimizer.fused=sometimes is invalid: allowed true or false"),
     ],
 )
 def test_bad_config_is_one_line_exit_2(tmp_path: Path, override: str, needle: str) -> None:

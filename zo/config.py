@@ -39,6 +39,8 @@ def validate(cfg: DictConfig) -> None:
     _check(
         o.momentum_dtype in moms, "optimizer.momentum_dtype", o.momentum_dtype, "one of " + ", ".join(moms)
     )
+    for key in ("unit_u", "stochastic_rounding", "fused"):
+        _check(isinstance(o[key], bool), f"optimizer.{key}", o[key], "true or false")
     _check(t.steps >= 0, "train.steps", t.steps, "steps >= 0")
     _check(t.batch_size >= 1, "train.batch_size", t.batch_size, "batch_size >= 1")
     _check(t.eval_every >= 0, "train.eval_every", t.eval_every, "eval_every >= 0 (0 = only at start and end)")

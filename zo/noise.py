@@ -1,17 +1,34 @@
-"""Seeded random numbers, regenerated on demand instead of stored.
+"""Counter-based random numbers: element j of a step's stream is a pure function of (seed, j).
 
 ZO methods draw a fresh direction every step and need the *same* direction three
-times (perturb +, perturb -, update). Keeping it would cost a parameter-sized
-buffer; regenerating it from a seed costs only compute. Each parameter gets its
-own stream, derived from (step seed, parameter index), so the order in which
-modules run (or re-run, for tied weights) never changes the numbers.
+times (perturb +, perturb −, update). Storing it costs a parameter-sized buffer;
+regenerating it costs only compute. A stateful generator (torch.Generator) can
+only replay a stream from its start, one tensor at a time. Hashing the element's
+index into the model's flat parameter vector instead lets any slice be rebuilt on
+its own, in any order, on any device, and lets the draw fuse into the kernel that
+consumes it: under torch.compile these functions become part of one pass over the
+weights (C++/OpenMP on CPU, Triton on CUDA) and no z is ever materialised. The
+same integer arithmetic runs eagerly, so the fused and the plain paths give the
+same numbers up to float rounding.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 _MASK64 = (1 << 64) - 1
+
+
+def _signed(v: int) -> int:
+    """A 64-bit constant as the int64 torch stores it."""
+    return v - (1 << 64) if v >= 1 << 63 else v
+
+
+_GOLDEN = _signed(0x9E3779B97F4A7C15)
+_MUL1 = _signed(0xBF58476D1CE4E5B9)
+_MUL2 = _signed(0x94D049BB133111EB)
 
 
 def mix(*values: int) -> int:
@@ -26,16 +43,32 @@ def mix(*values: int) -> int:
     return x & ((1 << 63) - 1)
 
 
-def generator(seed: int, device: torch.device) -> torch.Generator:
-    gen = torch.Generator(device=device)
-    gen.manual_seed(seed)
-    return gen
+def positions(start: int, n: int, device: torch.device) -> torch.Tensor:
+    """Flat indices start .. start+n-1 (int64: models have more than 2³¹ weights)."""
+    return torch.arange(start, start + n, dtype=torch.int64, device=device)
 
 
-def gaussian(shape: torch.Size, seed: int, device: torch.device) -> torch.Tensor:
-    """Standard normal fp32 tensor, a pure function of (shape, seed, device type)."""
-    return torch.randn(shape, generator=generator(seed, device), device=device, dtype=torch.float32)
+def _shr(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Logical right shift of int64 (torch's >> is arithmetic: it copies the sign bit)."""
+    return (x >> k) & ((1 << (64 - k)) - 1)
 
 
-def uniform(shape: torch.Size, seed: int, device: torch.device) -> torch.Tensor:
-    return torch.rand(shape, generator=generator(seed, device), device=device, dtype=torch.float32)
+def _hash(idx: torch.Tensor, seed: int) -> torch.Tensor:
+    """splitmix64 of (seed + idx·golden): 64 well-mixed bits per index (int64 arithmetic wraps)."""
+    x = idx * _GOLDEN + seed
+    x = (x ^ _shr(x, 30)) * _MUL1
+    x = (x ^ _shr(x, 27)) * _MUL2
+    return x ^ _shr(x, 31)
+
+
+def normal_at(idx: torch.Tensor, seed: int) -> torch.Tensor:
+    """Standard normal fp32 at each index (Box–Muller on the hash's two 32-bit halves)."""
+    bits = _hash(idx, seed)
+    u1 = (_shr(bits, 32).float() + 0.5) * 2.0**-32  # in (0, 1]: log stays finite
+    u2 = (bits & 0xFFFFFFFF).float() * 2.0**-32
+    return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos((2.0 * math.pi) * u2)
+
+
+def uniform_at(idx: torch.Tensor, seed: int) -> torch.Tensor:
+    """Uniform fp32 in [0, 1) at each index (24 bits: exactly representable)."""
+    return _shr(_hash(idx, seed), 40).float() * 2.0**-24

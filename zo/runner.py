@@ -85,7 +85,7 @@ def alignment(model, objective, batch, optimizer) -> dict[str, float]:
     dot = ref_sq = grad_sq = 0.0
     for i, p in enumerate(optimizer.params):
         grad = p.grad.float() if p.grad is not None else torch.zeros_like(p, dtype=torch.float32)
-        ref = optimizer.reference_vector(i, p.data)
+        ref = optimizer.reference_vector(i)
         dot += float((ref * grad).sum())
         ref_sq += float(ref.pow(2).sum())
         grad_sq += float(grad.pow(2).sum())

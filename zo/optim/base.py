@@ -8,15 +8,20 @@ One step of any optimizer here reads like the algorithm:
     opt.estimate(loss_plus, loss_minus)            # p = (f+ - f-) / 2λ
     opt.update(lr, beta)                           # x, and any state, move along p·z
 
-Perturbation never writes the parameters. Forward hooks hand each module a
-perturbed copy of its own weights for the duration of its forward and put the
-original tensor back afterwards. So (1) the parameters after the two forwards
-are bitwise what they were before, in any dtype (x + λz - 2λz + λz is not exact
-in fp16/bf16, nor even in fp32), and (2) the transient memory is one module's
-weights, not a model-sized z.
+Every direction here has the form z = a·n + c·m: n ~ N(0, I) regenerated from
+the step seed by flat index (zo.noise), m the optimizer's momentum (c = 0 for
+MeZO). The parameters live in a few flat buffers (zo.flat), so a pass over them
+is one kernel per buffer, fused with the noise draw and the rounding (zo.fused).
 
-Subclasses only say what the direction z_i of parameter i is (`direction`) and
-how the state moves (`update`).
+Perturbation never writes the parameters. Forward hooks hand each block of
+modules (a transformer layer, say) a perturbed copy of its weights for the
+duration of its forward and put the originals back afterwards. So (1) after the
+two forwards the parameters are bitwise what they were before, in any dtype
+(x + λz − 2λz + λz is not exact in fp16/bf16, nor even in fp32), and (2) the
+transient memory is one block's weights, never a model-sized z.
+
+Subclasses say what a and c are (`coefficients`) and how x and the state move
+(`update`, one fused kernel per buffer).
 """
 
 from __future__ import annotations
@@ -31,10 +36,12 @@ import torch
 from torch import nn
 
 from zo import ZOError
-from zo.noise import mix
-from zo.rounding import store
+from zo.flat import FlatParams, Run, Segment, blocks
+from zo.fused import kernel
+from zo.noise import mix, normal_at, positions
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+LAYOUT = "flat-v1"  # checkpoints of optimizer state say which layout their buffers follow
 
 
 @dataclass
@@ -50,6 +57,17 @@ class OptimConfig:
     unit_u: bool = True  # conmezo: u exactly unit (True) or N(0, I)/√d (the paper's practical choice)
     momentum_dtype: str = "fp32"  # fp32 | fp16 | bf16 | param: storage of the momentum buffer
     stochastic_rounding: bool = True  # round low-precision writes stochastically (unbiased)
+    fused: bool = True  # torch.compile the passes over the weights (False: same math eagerly, slower)
+
+
+def perturbed(
+    x: torch.Tensor, m: torch.Tensor | None, start: int, seed: int, a: float, c: float
+) -> torch.Tensor:
+    """x + a·n + c·m in x's dtype, n the step's noise at flat indices start.. (λ and sign folded in a, c)."""
+    z = a * normal_at(positions(start, x.numel(), x.device), seed)
+    if m is not None:
+        z = z + c * m.float()
+    return (x.float() + z).to(x.dtype)
 
 
 class ZOOptimizer:
@@ -64,75 +82,107 @@ class ZOOptimizer:
         self.params: list[nn.Parameter] = [p for p in model.parameters() if p.requires_grad]
         if not self.params:
             raise ZOError("the model has no trainable parameters: check model.trainable")
-        self._index = {id(p): i for i, p in enumerate(self.params)}
-        # Weight decay skips biases and norm weights, i.e. every 1-D tensor.
-        self.decays = [p.ndim >= 2 for p in self.params]
-        self.d = sum(p.numel() for p in self.params)
+        hooked = blocks(model, self.params)
+        self.flat = FlatParams(self.params, cut_before={id(ps[0]) for _, ps in hooked})
+        self.d = self.flat.d
         self.step_seed = 0
         self.projected_grad = 0.0
-        self.momentum: list[torch.Tensor] | None = None  # set by optimizers that keep one
+        self.momentum: list[torch.Tensor] | None = None  # one per flat buffer, for optimizers that keep one
         self._scale = 0.0
         self._active: dict[int, tuple[nn.Parameter, torch.Tensor]] = {}
         self._touched: set[int] | None = None
         self._verified = False
-        self._hooks = self._install_hooks(model)
+        self._hooks = self._install_hooks([(m, [self.flat.index[id(p)] for p in ps]) for m, ps in hooked])
+        decays = cfg.weight_decay != 0.0  # split the update only where the decay factor differs
+        self._update_runs = self.flat.runs(self.flat.segments, lambda a, b: decays and a.decays != b.decays)
+
+    def kernel(self, fn):
+        return kernel(fn, self.cfg.fused)
 
     # ---- directions ---------------------------------------------------------------------------
     def begin_step(self, step: int) -> None:
         """Fix the step's randomness: everything drawn this step is a function of (seed, step)."""
         self.step_seed = mix(self.seed, step)
 
-    def param_seed(self, i: int, salt: int = 0) -> int:
-        return mix(self.step_seed, i, salt)
+    def round_seed(self, salt: int) -> int:
+        """Seed of the stochastic-rounding draws of this step's writes (1: weights, 2: momentum)."""
+        return mix(self.step_seed, salt)
 
-    def direction(self, i: int, p: torch.Tensor) -> torch.Tensor:
-        """This step's z restricted to parameter i, as fp32 with p's shape."""
-        raise NotImplementedError
+    def coefficients(self) -> tuple[float, float]:
+        """(a, c) of this step's direction z = a·n + c·m."""
+        return 1.0, 0.0
+
+    def _momentum_term(self, run: Run, c: float) -> torch.Tensor | None:
+        """The run's slice of m when the direction uses it."""
+        return None if c == 0.0 or self.momentum is None else self.momentum[run.group][run.start : run.end]
+
+    def direction(self, i: int) -> torch.Tensor:
+        """This step's z restricted to parameter i, as fp32 with its shape (for tests and alignment)."""
+        seg = self.flat.segments[i]
+        run = Run(seg.group, seg.start, seg.start + seg.numel, [seg])
+        a, c = self.coefficients()
+        zeros = torch.zeros(seg.numel, dtype=torch.float32, device=seg.param.device)
+        start = self.flat.slice(run)[1]
+        z = self.kernel(perturbed)(zeros, self._momentum_term(run, c), start, self.step_seed, a, c)
+        return z.view(seg.param.shape)
 
     # ---- perturbation -------------------------------------------------------------------------
-    def _install_hooks(self, model: nn.Module) -> list:
-        handles, owners = [], {}
-        for module in model.modules():
-            own = [p for p in module.parameters(recurse=False) if id(p) in self._index]
-            for p in own:
-                owners[id(p)] = owners.get(id(p), 0) + 1
-            if own:
-                handles.append(module.register_forward_pre_hook(self._make_pre_hook(own)))
-                handles.append(module.register_forward_hook(self._make_post_hook(own)))
+    def _install_hooks(self, hooked: list[tuple[nn.Module, list[Segment]]]) -> list:
+        owners: dict[int, int] = {}
+        for _, segments in hooked:
+            for s in segments:
+                owners[id(s.param)] = owners.get(id(s.param), 0) + 1
         # Tied weights (input embedding = output head) are entered twice per forward: keep their
         # perturbed copy for the whole forward instead of drawing z for them twice.
         self._tied = {key for key, count in owners.items() if count > 1}
         self._tied_cache: dict[int, torch.Tensor] = {}
+        handles = []
+        for module, segments in hooked:
+            runs = self.flat.runs(
+                segments, lambda a, b: id(a.param) in self._tied or id(b.param) in self._tied
+            )
+            handles.append(module.register_forward_pre_hook(self._make_pre_hook(runs)))
+            handles.append(module.register_forward_hook(self._make_post_hook(runs)))
         return handles
 
-    def _make_pre_hook(self, own: list[nn.Parameter]):
+    def _perturbed(self, run: Run) -> torch.Tensor:
+        """The run's weights at x + scale·z, as one fresh tensor."""
+        a, c = self.coefficients()
+        x, start = self.flat.slice(run)
+        m = self._momentum_term(run, c)
+        return self.kernel(perturbed)(x, m, start, self.step_seed, self._scale * a, self._scale * c)
+
+    def _make_pre_hook(self, runs: list[Run]):
         def pre_hook(module: nn.Module, args: tuple) -> None:
             if self._scale == 0.0:
                 return
-            for p in own:
-                key = id(p)
-                if key in self._active:  # tied weight already perturbed by an enclosing module
+            for run in runs:
+                key = id(run.segments[0].param)
+                if key in self._active:  # a tied weight, already perturbed by an enclosing module
                     continue
-                original = p.data
-                perturbed = self._tied_cache.get(key)
-                if perturbed is None:
-                    z = self.direction(self._index[key], original)  # a fresh fp32 tensor: reuse it in place
-                    perturbed = z.mul_(self._scale).add_(original).to(original.dtype)
+                values = self._tied_cache.get(key) if key in self._tied else None
+                if values is None:
+                    values = self._perturbed(run)
                     if key in self._tied:
-                        self._tied_cache[key] = perturbed
-                p.data = perturbed
-                self._active[key] = (p, original)
-                if self._touched is not None:
-                    self._touched.add(key)
+                        self._tied_cache[key] = values
+                for s in run.segments:
+                    self._swap_in(s, values[s.start - run.start : s.start - run.start + s.numel])
 
         return pre_hook
 
-    def _make_post_hook(self, own: list[nn.Parameter]):
+    def _swap_in(self, s: Segment, values: torch.Tensor) -> None:
+        self._active[id(s.param)] = (s.param, s.param.data)
+        s.param.data = values.view_as(s.param)
+        if self._touched is not None:
+            self._touched.add(id(s.param))
+
+    def _make_post_hook(self, runs: list[Run]):
         def post_hook(module: nn.Module, args: tuple, output: object) -> None:
-            for p in own:
-                saved = self._active.pop(id(p), None)
-                if saved is not None:
-                    p.data = saved[1]
+            for run in runs:
+                for s in run.segments:
+                    saved = self._active.pop(id(s.param), None)
+                    if saved is not None:
+                        s.param.data = saved[1]
 
         return post_hook
 
@@ -154,7 +204,7 @@ class ZOOptimizer:
             self._check_coverage(touched)
 
     def _check_coverage(self, touched: set[int]) -> None:
-        """A weight used outside its owning module's forward would silently never be perturbed."""
+        """A weight used outside its block's forward would silently never be perturbed."""
         missing = [i for i, p in enumerate(self.params) if id(p) not in touched]
         if missing:
             raise ZOError(
@@ -177,34 +227,34 @@ class ZOOptimizer:
     def update(self, lr: float, beta: float | None) -> None:
         raise NotImplementedError
 
-    def write(self, dst: torch.Tensor, value: torch.Tensor, i: int, salt: int) -> None:
-        """Store an fp32 result into a parameter or state tensor (stochastically rounded if asked)."""
-        store(dst, value, self.param_seed(i, salt), self.cfg.stochastic_rounding)
+    def slices(self, lr: float) -> Iterator[tuple[torch.Tensor, torch.Tensor | None, int, float]]:
+        """(x, m, flat index of x[0], weight-decay factor) for each stretch the update kernel runs on.
 
-    def step_param(self, i: int, p: torch.Tensor, along: torch.Tensor, lr: float) -> None:
-        """x_i ← x_i − lr·(along + wd·x_i), computed in fp32 (in place when p is fp32)."""
-        decay = 1.0 - lr * self.cfg.weight_decay if self.decays[i] else 1.0
-        new = p if p.dtype == torch.float32 else p.float()
-        if decay != 1.0:
-            new.mul_(decay)
-        new.add_(along, alpha=-lr)
-        if new is not p:
-            self.write(p, new, i, salt=1)
-
-    def blend(self, i: int, m: torch.Tensor, g: torch.Tensor, beta: float) -> None:
-        """m_i ← β m_i + (1 − β) g, in place when m is fp32."""
-        if m.dtype == torch.float32:
-            m.mul_(beta).add_(g, alpha=1.0 - beta)
-        else:
-            self.write(m, m.float().mul_(beta).add_(g, alpha=1.0 - beta), i, salt=2)
+        One per buffer; with weight decay on, also split where decay starts or stops applying.
+        """
+        for run in self._update_runs:
+            x, start = self.flat.slice(run)
+            m = None if self.momentum is None else self.momentum[run.group][run.start : run.end]
+            decay = 1.0 - lr * self.cfg.weight_decay if run.segments[0].decays else 1.0
+            yield x, m, start, decay
 
     # ---- alignment and state ------------------------------------------------------------------
-    def reference_vector(self, i: int, p: torch.Tensor) -> torch.Tensor:
+    def reference_vector(self, i: int) -> torch.Tensor:
         """The vector whose alignment with the true gradient is logged (momentum, or this step's z)."""
-        return self.direction(i, p) if self.momentum is None else self.momentum[i].float()
+        if self.momentum is None:
+            return self.direction(i)
+        s = self.flat.segments[i]
+        return self.momentum[s.group][s.start : s.start + s.numel].float().view(s.param.shape)
+
+    def new_momentum(self) -> list[torch.Tensor]:
+        """A zero momentum buffer beside each parameter buffer, in the configured dtype."""
+        return [torch.zeros_like(b.data, dtype=self.momentum_dtype(b.data)) for b in self.flat.buffers]
+
+    def momentum_dtype(self, p: torch.Tensor) -> torch.dtype:
+        return p.dtype if self.cfg.momentum_dtype == "param" else DTYPES[self.cfg.momentum_dtype]
 
     def state_dict(self) -> dict:
-        return {"name": self.name, "d": self.d, "momentum": self.momentum}
+        return {"name": self.name, "d": self.d, "layout": LAYOUT, "momentum": self.momentum}
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("name") != self.name or state.get("d") != self.d:
@@ -212,8 +262,13 @@ class ZOOptimizer:
                 f"checkpoint holds optimizer {state.get('name')} over {state.get('d')} parameters, "
                 f"this run uses {self.name} over {self.d}: use a fresh output folder or resume=false"
             )
-        for buf, saved in zip(self.momentum or [], state["momentum"] or [], strict=True):
-            buf.copy_(saved)
-
-    def momentum_dtype(self, p: torch.Tensor) -> torch.dtype:
-        return p.dtype if self.cfg.momentum_dtype == "param" else DTYPES[self.cfg.momentum_dtype]
+        saved = state["momentum"] or []
+        if state.get("layout") != LAYOUT or [t.shape for t in saved] != [
+            t.shape for t in self.momentum or []
+        ]:
+            raise ZOError(
+                "checkpoint's optimizer state was written by an older zo-runner layout: "
+                "use a fresh output folder or resume=false"
+            )
+        for buf, value in zip(self.momentum or [], saved, strict=True):
+            buf.copy_(value)

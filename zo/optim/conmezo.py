@@ -3,11 +3,12 @@
     z = √d (cos θ · m/‖m‖ + sin θ · u),   u a random unit vector
     x ← x − η p·z,   m ← β_t m + (1 − β_t) p·z,   m_0 = u_0
 
-z is never stored: each parameter's slice is rebuilt from its momentum slice
-and its seeded u slice whenever it is needed. ‖m‖ is computed exactly (the
-official code estimates it), for free, while m is being written in `update`.
-With `unit_u`, u = n/‖n‖ for n ~ N(0, I); ‖n‖ costs one extra generation pass
-per step. Without it, u = n/√d, the paper's practical choice (‖u‖ ≈ 1).
+z is never stored: any slice of it is a·n + c·m, rebuilt from the seeded noise n
+and the momentum slice whenever needed (a = √d sin θ/‖n‖, c = √d cos θ/‖m‖).
+‖m‖ is computed exactly (the official code estimates it), for free, by the same
+pass that writes m. With `unit_u`, u = n/‖n‖ and ‖n‖ costs one extra pass that
+only draws noise (no memory traffic) per step. Without it, u = n/√d, the paper's
+practical choice (‖u‖ ≈ 1).
 """
 
 from __future__ import annotations
@@ -17,13 +18,45 @@ import math
 import torch
 
 from zo import ZOError
-from zo.noise import gaussian
+from zo.noise import normal_at, positions
 from zo.optim import register
 from zo.optim.base import OptimConfig, ZOOptimizer
+from zo.rounding import round_to
 
 
-def _sq_norm(t: torch.Tensor) -> float:
-    return float(torch.linalg.vector_norm(t, dtype=torch.float32)) ** 2
+def conmezo_step(
+    x: torch.Tensor,
+    m: torch.Tensor,
+    start: int,
+    seeds: tuple[int, int, int],
+    coef: tuple[float, float],
+    decay: float,
+    proj: float,
+    lr: float,
+    beta: float,
+    sr: bool,
+) -> torch.Tensor:
+    """x ← decay·x − η p z, m ← β m + (1−β) p z with z = a·n + c·m_old, in one pass; returns Σ m²."""
+    idx = positions(start, x.numel(), x.device)
+    m_old = m.float()
+    g = proj * (coef[0] * normal_at(idx, seeds[0]) + coef[1] * m_old)
+    x.copy_(round_to(decay * x.float() - lr * g, x.dtype, idx, seeds[1], sr))
+    m.copy_(round_to(beta * m_old + (1.0 - beta) * g, m.dtype, idx, seeds[2], sr))
+    return m.float().square().sum()
+
+
+def noise_sq(like: torch.Tensor, start: int, seed: int) -> torch.Tensor:
+    """Σ n² over this stretch of the step's noise (`like` gives only its length and device)."""
+    return normal_at(positions(start, like.numel(), like.device), seed).square().sum()
+
+
+def fill_noise(
+    m: torch.Tensor, start: int, seed: int, scale: float, round_seed: int, sr: bool
+) -> torch.Tensor:
+    """m ← scale·n; returns Σ m² of what was stored."""
+    idx = positions(start, m.numel(), m.device)
+    m.copy_(round_to(scale * normal_at(idx, seed), m.dtype, idx, round_seed, sr))
+    return m.float().square().sum()
 
 
 @register
@@ -39,30 +72,54 @@ class ConMeZO(ZOOptimizer):
         self.u_scale = 1.0 / self.sqrt_d
         # m_0 = u_0: a random unit vector, drawn from a seed that no step uses.
         self.begin_step(-1)
-        self.momentum = [
-            (self.u_scale * gaussian(p.shape, self.param_seed(i), p.device)).to(self.momentum_dtype(p))
-            for i, p in enumerate(self.params)
-        ]
-        self.m_norm = math.sqrt(sum(_sq_norm(m) for m in self.momentum))
+        self.momentum = self.new_momentum()
+        sq = 0.0
+        for buffer, m in zip(self.flat.buffers, self.momentum, strict=True):
+            fill = self.kernel(fill_noise)
+            sq += float(
+                fill(
+                    m,
+                    buffer.offset,
+                    self.step_seed,
+                    self.u_scale,
+                    self.round_seed(2),
+                    cfg.stochastic_rounding,
+                )
+            )
+        self.m_norm = math.sqrt(sq)
 
     def begin_step(self, step: int) -> None:
         super().begin_step(step)
         if self.cfg.unit_u:  # u = n/‖n‖ needs this step's ‖n‖ before the first perturbed forward
-            gaussians = (gaussian(p.shape, self.param_seed(i), p.device) for i, p in enumerate(self.params))
-            self.u_scale = 1.0 / math.sqrt(sum(_sq_norm(n) for n in gaussians))
+            norm_sq = self.kernel(noise_sq)
+            self.u_scale = 1.0 / math.sqrt(
+                sum(float(norm_sq(b.data, b.offset, self.step_seed)) for b in self.flat.buffers)
+            )
 
-    def direction(self, i: int, p: torch.Tensor) -> torch.Tensor:
-        z = gaussian(p.shape, self.param_seed(i), p.device).mul_(self.sqrt_d * self.sin * self.u_scale)
-        return z.add_(self.momentum[i], alpha=self.sqrt_d * self.cos / self.m_norm)
+    def coefficients(self) -> tuple[float, float]:
+        return self.sqrt_d * self.sin * self.u_scale, self.sqrt_d * self.cos / self.m_norm
 
     def update(self, lr: float, beta: float | None) -> None:
         assert beta is not None
+        seeds = (self.step_seed, self.round_seed(1), self.round_seed(2))
+        coef = self.coefficients()  # the old m and ‖m‖: z must be the one the forwards saw
         sq = 0.0
-        for i, p in enumerate(self.params):
-            g = self.direction(i, p.data).mul_(self.projected_grad)  # uses the old m and ‖m‖
-            self.step_param(i, p.data, g, lr)
-            self.blend(i, self.momentum[i], g, beta)
-            sq += _sq_norm(self.momentum[i])
+        for x, m, start, decay in self.slices(lr):
+            step = self.kernel(conmezo_step)
+            sq += float(
+                step(
+                    x,
+                    m,
+                    start,
+                    seeds,
+                    coef,
+                    decay,
+                    self.projected_grad,
+                    lr,
+                    beta,
+                    self.cfg.stochastic_rounding,
+                )
+            )
         self.m_norm = math.sqrt(sq)
         if not 0.0 < self.m_norm < math.inf:
             raise ZOError(f"momentum norm is {self.m_norm} after the update; lower optimizer.lr")

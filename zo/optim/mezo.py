@@ -4,9 +4,19 @@ from __future__ import annotations
 
 import torch
 
-from zo.noise import gaussian
+from zo.noise import normal_at, positions
 from zo.optim import register
 from zo.optim.base import ZOOptimizer
+from zo.rounding import round_to
+
+
+def mezo_step(
+    x: torch.Tensor, start: int, seed: int, round_seed: int, decay: float, step: float, sr: bool
+) -> None:
+    """x ← decay·x − step·z with z redrawn in place (step = η·p): one pass over x."""
+    idx = positions(start, x.numel(), x.device)
+    new = decay * x.float() - step * normal_at(idx, seed)
+    x.copy_(round_to(new, x.dtype, idx, round_seed, sr))
 
 
 @register
@@ -15,9 +25,9 @@ class MeZO(ZOOptimizer):
 
     name = "mezo"
 
-    def direction(self, i: int, p: torch.Tensor) -> torch.Tensor:
-        return gaussian(p.shape, self.param_seed(i), p.device)
-
     def update(self, lr: float, beta: float | None) -> None:
-        for i, p in enumerate(self.params):
-            self.step_param(i, p.data, self.direction(i, p.data).mul_(self.projected_grad), lr)
+        step = lr * self.projected_grad
+        for x, _, start, decay in self.slices(lr):
+            self.kernel(mezo_step)(
+                x, start, self.step_seed, self.round_seed(1), decay, step, self.cfg.stochastic_rounding
+            )

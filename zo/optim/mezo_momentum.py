@@ -8,9 +8,29 @@ from __future__ import annotations
 
 import torch
 
+from zo.noise import normal_at, positions
 from zo.optim import register
 from zo.optim.base import OptimConfig
 from zo.optim.mezo import MeZO
+from zo.rounding import round_to
+
+
+def momentum_step(
+    x: torch.Tensor,
+    m: torch.Tensor,
+    start: int,
+    seeds: tuple[int, int, int],
+    decay: float,
+    proj: float,
+    lr: float,
+    beta: float,
+    sr: bool,
+) -> None:
+    """m ← β m + (1−β) p·z, then x ← decay·x − η m, in one pass (seeds: noise, x rounding, m rounding)."""
+    idx = positions(start, x.numel(), x.device)
+    m_new = beta * m.float() + (1.0 - beta) * proj * normal_at(idx, seeds[0])
+    x.copy_(round_to(decay * x.float() - lr * m_new, x.dtype, idx, seeds[1], sr))
+    m.copy_(round_to(m_new, m.dtype, idx, seeds[2], sr))
 
 
 @register
@@ -20,10 +40,12 @@ class MeZOMomentum(MeZO):
 
     def __init__(self, model: torch.nn.Module, cfg: OptimConfig, seed: int) -> None:
         super().__init__(model, cfg, seed)
-        self.momentum = [torch.zeros_like(p, dtype=self.momentum_dtype(p)) for p in self.params]
+        self.momentum = self.new_momentum()
 
     def update(self, lr: float, beta: float | None) -> None:
         assert beta is not None
-        for i, p in enumerate(self.params):
-            self.blend(i, self.momentum[i], self.direction(i, p.data).mul_(self.projected_grad), beta)
-            self.step_param(i, p.data, self.momentum[i].float(), lr)
+        seeds = (self.step_seed, self.round_seed(1), self.round_seed(2))
+        for x, m, start, decay in self.slices(lr):
+            self.kernel(momentum_step)(
+                x, m, start, seeds, decay, self.projected_grad, lr, beta, self.cfg.stochastic_rounding
+            )
