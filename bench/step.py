@@ -134,13 +134,13 @@ def ours(name: str, **options) -> Callable:
             opt.estimate(float(plus), float(minus))
             opt.update(1e-7, 0.99)
 
-        return step
+        return step, opt.close  # close: remove its hooks before the next method drives the model
 
     return make
 
 
 METHODS = {
-    "reference_mezo": lambda model: ReferenceMeZO(model, 1e-7, 1e-3).step,
+    "reference_mezo": lambda model: (ReferenceMeZO(model, 1e-7, 1e-3).step, lambda: None),
     "mezo": ours("mezo"),
     "mezo_momentum": ours("mezo_momentum"),
     "conmezo": ours("conmezo"),
@@ -179,7 +179,7 @@ def bench_arch(arch: str, dtype: torch.dtype, batch: int, seq: int, args, device
             if cuda:
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
-            step = make(model)
+            step, close = make(model)
             times = [
                 timed(lambda t=t, s=step: s(loss_fn, t), device) for t in range(args.warmup + args.steps)
             ]
@@ -195,7 +195,8 @@ def bench_arch(arch: str, dtype: torch.dtype, batch: int, seq: int, args, device
                     "inference_peak_mib": inference_peak,
                 }
             )
-            del step
+            close()
+            del step, close
     reference = rows[0]["ms_per_step"]
     for row in rows:
         row["ratio_to_reference"] = row["ms_per_step"] / reference

@@ -318,3 +318,12 @@ def test_tied_weight_direction_is_drawn_once_per_forward() -> None:
     with torch.no_grad(), opt.perturb(+1):
         model()
     assert sorted(drawn) == sorted(id(p) for p in opt.params)  # each trainable tensor exactly once
+
+
+def test_a_run_that_cannot_move_says_so() -> None:
+    """Weights so large that ±λz vanishes in fp32: every estimate is exactly 0, silently, without this."""
+    model = Quadratic(d=20, init_norm=1e17, seed=0)
+    opt = build(model, OptimConfig(name="mezo", eps=1e-3, fused=False), seed=0)
+    with pytest.warns(RuntimeWarning, match="raise optimizer.eps"):
+        for t in range(1, 26):
+            assert zo_step(opt, model, t) == 0.0

@@ -27,6 +27,7 @@ Subclasses say what a and c are (`coefficients`) and how x and the state move
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ from zo.noise import mix, normal_at, positions
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 LAYOUT = "flat-v1"  # checkpoints of optimizer state say which layout their buffers follow
+STALL_STEPS = 25  # this many exactly-zero estimates in a row earn a warning: the run is not moving
 
 
 @dataclass
@@ -87,6 +89,7 @@ class ZOOptimizer:
         self.d = self.flat.d
         self.step_seed = 0
         self.projected_grad = 0.0
+        self._zero_streak = 0
         self.momentum: list[torch.Tensor] | None = None  # one per flat buffer, for optimizers that keep one
         self._scale = 0.0
         self._active: dict[int, tuple[nn.Parameter, torch.Tensor]] = {}
@@ -98,6 +101,12 @@ class ZOOptimizer:
 
     def kernel(self, fn):
         return kernel(fn, self.cfg.fused)
+
+    def close(self) -> None:
+        """Remove the forward hooks, so another optimizer can drive the same model."""
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks = []
 
     # ---- directions ---------------------------------------------------------------------------
     def begin_step(self, step: int) -> None:
@@ -222,6 +231,14 @@ class ZOOptimizer:
                 "optimizer.eps, or use model.dtype=fp32; the last checkpoint and metrics are kept"
             )
         self.projected_grad = (loss_plus - loss_minus) / (2.0 * self.cfg.eps)
+        self._zero_streak = self._zero_streak + 1 if self.projected_grad == 0.0 else 0
+        if self._zero_streak == STALL_STEPS:
+            warnings.warn(
+                f"f(x+λz) == f(x−λz) exactly for {STALL_STEPS} steps in a row, so nothing moves: λ is below "
+                "the loss's resolution; raise optimizer.eps or use model.dtype=fp32",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         return self.projected_grad
 
     def update(self, lr: float, beta: float | None) -> None:
