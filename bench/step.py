@@ -11,7 +11,8 @@ depend on weight values, and no download is needed. On CUDA: RoBERTa-large,
 OPT-1.3B (fp16) and SmolLM2-135M; on CPU: SmolLM2-135M and OPT-125M shapes.
 Timings are medians over `--steps` after `--warmup` steps (CUDA events on GPU);
 peak memory is `torch.cuda.max_memory_allocated` per method, next to the peak of
-one inference forward.
+one inference forward; on CPU it is the process's peak RSS (VmHWM, reset before each
+method through /proc/self/clear_refs), which includes Python and torch themselves.
 
     python bench/step.py                 # prints a table, writes bench/results/step-<device>.json
 """
@@ -148,6 +149,21 @@ METHODS = {
 }
 
 
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: VmHWM := current RSS
+
+
+def peak_mib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    status = Path("/proc/self/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1]) / 2**10
+
+
 def timed(fn: Callable[[], None], device: torch.device) -> float:
     if device.type == "cuda":
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -168,20 +184,19 @@ def bench_arch(arch: str, dtype: torch.dtype, batch: int, seq: int, args, device
     def loss_fn() -> torch.Tensor:
         return model(input_ids=tokens, labels=tokens).loss
 
-    cuda = device.type == "cuda"
     with torch.no_grad():
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
+        reset_peak(device)
         forward_ms = statistics.median(timed(loss_fn, device) for _ in range(args.steps + args.warmup))
-        inference_peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
+        inference_peak = peak_mib(device)
         rows = []
         for method, make in METHODS.items():
-            if cuda:
-                torch.cuda.empty_cache()
-                torch.cuda.reset_peak_memory_stats()
             step, close = make(model)
+            for t in range(args.warmup):  # compiles the kernels: not part of a step's time or memory
+                step(loss_fn, t)
+            reset_peak(device)
             times = [
-                timed(lambda t=t, s=step: s(loss_fn, t), device) for t in range(args.warmup + args.steps)
+                timed(lambda t=t, s=step: s(loss_fn, t), device)
+                for t in range(args.warmup, args.warmup + args.steps)
             ]
             rows.append(
                 {
@@ -189,9 +204,9 @@ def bench_arch(arch: str, dtype: torch.dtype, batch: int, seq: int, args, device
                     "dtype": str(dtype).removeprefix("torch."),
                     "batch": f"{batch}x{seq}",
                     "method": method,
-                    "ms_per_step": statistics.median(times[args.warmup :]),
+                    "ms_per_step": statistics.median(times),
                     "forward_ms": forward_ms,
-                    "peak_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
+                    "peak_mib": peak_mib(device),
                     "inference_peak_mib": inference_peak,
                 }
             )
@@ -247,8 +262,8 @@ def main() -> None:
             f"{r['ms_per_step']:.1f}",
             f"{r['ratio_to_reference']:.2f}",
             f"{r['forward_ms']:.1f}",
-            "—" if peak is None else f"{peak:.0f}",
-            "—" if infer is None else f"{infer:.0f}",
+            f"{peak:.0f}",
+            f"{infer:.0f}",
         )
     Console(width=150).print(table)
     out = args.out or Path(f"bench/results/step-{device.type}.json")
