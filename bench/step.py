@@ -9,10 +9,14 @@ draw z three times (ConMeZO: four, for an exactly unit u).
 Architectures are built from their configs with random weights: timing does not
 depend on weight values, and no download is needed. On CUDA: RoBERTa-large,
 OPT-1.3B (fp16) and SmolLM2-135M; on CPU: SmolLM2-135M and OPT-125M shapes.
-Timings are medians over `--steps` after `--warmup` steps (CUDA events on GPU);
-peak memory is `torch.cuda.max_memory_allocated` per method, next to the peak of
-one inference forward; on CPU it is the process's peak RSS (VmHWM, reset before each
-method through /proc/self/clear_refs), which includes Python and torch themselves.
+Timings are medians over `--steps` after `--warmup` steps (CUDA events on GPU).
+Memory is measured in a child process per architecture: two steps of each method
+after one warm-up, next to one inference forward. On CUDA the peak is
+`torch.cuda.max_memory_allocated`; on CPU it is the process's peak RSS (VmHWM, reset
+through /proc/self/clear_refs), with glibc told to mmap every allocation of 1 MiB or
+more so that freed tensors leave RSS at once; it includes Python and torch themselves.
+"transient" is the peak minus what was resident before the steps (weights and
+optimizer state): what a step adds on top of them.
 
     python bench/step.py                 # prints a table, writes bench/results/step-<device>.json
 """
@@ -20,9 +24,12 @@ method through /proc/self/clear_refs), which includes Python and torch themselve
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from datetime import date
@@ -149,19 +156,26 @@ METHODS = {
 }
 
 
-def reset_peak(device: torch.device) -> None:
+def _proc_status_mib(field: str) -> float:
+    status = Path("/proc/self/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith(field)).split()[1]) / 2**10
+
+
+def reset_peak(device: torch.device) -> float:
+    """Start a fresh peak; returns the memory resident now (MiB)."""
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    else:
-        Path("/proc/self/clear_refs").write_text("5")  # Linux: VmHWM := current RSS
+        return torch.cuda.memory_allocated() / 2**20
+    ctypes.CDLL("libc.so.6").malloc_trim(0)  # freed heap counts in RSS until glibc returns it
+    Path("/proc/self/clear_refs").write_text("5")  # Linux: VmHWM := current RSS
+    return _proc_status_mib("VmRSS")
 
 
 def peak_mib(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
-    status = Path("/proc/self/status").read_text()
-    return int(next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1]) / 2**10
+    return _proc_status_mib("VmHWM")
 
 
 def timed(fn: Callable[[], None], device: torch.device) -> float:
@@ -177,23 +191,26 @@ def timed(fn: Callable[[], None], device: torch.device) -> float:
     return (time.perf_counter() - t0) * 1e3
 
 
-def bench_arch(arch: str, dtype: torch.dtype, batch: int, seq: int, args, device) -> list[dict]:
+def workload(arch: str, dtype: torch.dtype, batch: int, seq: int, device) -> tuple[nn.Module, Callable]:
     model = build_model(arch, dtype, device)
     tokens = torch.randint(0, ARCHS[arch][1]["vocab_size"], (batch, seq), device=device)
 
     def loss_fn() -> torch.Tensor:
         return model(input_ids=tokens, labels=tokens).loss
 
+    return model, loss_fn
+
+
+def time_arch(arch: str, dtype: torch.dtype, batch: int, seq: int, args, device) -> list[dict]:
+    """Median step time of each method, and of one forward, on one architecture."""
+    model, loss_fn = workload(arch, dtype, batch, seq, device)
     with torch.no_grad():
-        reset_peak(device)
         forward_ms = statistics.median(timed(loss_fn, device) for _ in range(args.steps + args.warmup))
-        inference_peak = peak_mib(device)
         rows = []
         for method, make in METHODS.items():
             step, close = make(model)
-            for t in range(args.warmup):  # compiles the kernels: not part of a step's time or memory
+            for t in range(args.warmup):  # compiles the kernels: not part of a step's time
                 step(loss_fn, t)
-            reset_peak(device)
             times = [
                 timed(lambda t=t, s=step: s(loss_fn, t), device)
                 for t in range(args.warmup, args.warmup + args.steps)
@@ -206,16 +223,46 @@ def bench_arch(arch: str, dtype: torch.dtype, batch: int, seq: int, args, device
                     "method": method,
                     "ms_per_step": statistics.median(times),
                     "forward_ms": forward_ms,
-                    "peak_mib": peak_mib(device),
-                    "inference_peak_mib": inference_peak,
                 }
             )
             close()
-            del step, close
     reference = rows[0]["ms_per_step"]
     for row in rows:
         row["ratio_to_reference"] = row["ms_per_step"] / reference
     return rows
+
+
+def measure_memory(arch: str, dtype: torch.dtype, batch: int, seq: int, device) -> dict:
+    """{method: (peak MiB, transient MiB)} over two steps after one warm-up, and one inference forward.
+
+    Runs in a process of its own (`--memory-of`): on CPU glibc must mmap big allocations from the
+    start for RSS to follow the live tensors, and that slows steps down, so it can't share a
+    process with the timings (nor with another architecture's leftover heap).
+    """
+    if device.type == "cpu":
+        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD: mmap (and unmap) ≥ 1 MiB
+    model, loss_fn = workload(arch, dtype, batch, seq, device)
+    with torch.no_grad():
+        loss_fn()
+        resting = reset_peak(device)
+        loss_fn()
+        out = {"inference": (peak_mib(device), peak_mib(device) - resting)}
+        for method, make in METHODS.items():
+            step, close = make(model)
+            step(loss_fn, 0)
+            resting = reset_peak(device)
+            for t in (1, 2):
+                step(loss_fn, t)
+            out[method] = (peak_mib(device), peak_mib(device) - resting)
+            close()
+    return out
+
+
+def memory_in_child(arch: str) -> dict:
+    result = subprocess.run(
+        [sys.executable, __file__, "--memory-of", arch], capture_output=True, text=True, check=True
+    )
+    return json.loads(result.stdout.splitlines()[-1])
 
 
 def main() -> None:
@@ -223,13 +270,22 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--steps", type=int, default=5, help="timed steps per method (median reported)")
-    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation)")
     parser.add_argument("--arch", action="append", help="only these architectures")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--memory-of", help=argparse.SUPPRESS)  # the child process measuring memory
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     plan = [p for p in (GPU_SET if device.type == "cuda" else CPU_SET) if not args.arch or p[0] in args.arch]
-    rows = [row for arch, dtype, b, s in plan for row in bench_arch(arch, dtype, b, s, args, device)]
+    if args.memory_of:
+        _, dtype, b, s = next(p for p in plan if p[0] == args.memory_of)
+        print(json.dumps(measure_memory(args.memory_of, dtype, b, s, device)))
+        return
+    rows = [row for arch, dtype, b, s in plan for row in time_arch(arch, dtype, b, s, args, device)]
+    memory = {arch: memory_in_child(arch) for arch, *_ in plan}
+    for row in rows:
+        row["peak_mib"], row["transient_mib"] = memory[row["arch"]][row["method"]]
+        row["inference_peak_mib"], row["inference_transient_mib"] = memory[row["arch"]]["inference"]
     machine = (
         torch.cuda.get_device_name()
         if device.type == "cuda"
@@ -249,7 +305,9 @@ def main() -> None:
         "× reference",
         "fwd ms",
         "peak MiB",
+        "transient",
         "infer MiB",
+        "infer transient",
     ):
         table.add_column(col)
     for r in rows:
@@ -263,7 +321,9 @@ def main() -> None:
             f"{r['ratio_to_reference']:.2f}",
             f"{r['forward_ms']:.1f}",
             f"{peak:.0f}",
+            f"{r['transient_mib']:.0f}",
             f"{infer:.0f}",
+            f"{r['inference_transient_mib']:.0f}",
         )
     Console(width=150).print(table)
     out = args.out or Path(f"bench/results/step-{device.type}.json")

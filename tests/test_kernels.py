@@ -119,6 +119,35 @@ def tiny_llama(dtype: torch.dtype, layers: int = 4) -> nn.Module:
     return transformers.LlamaForCausalLM(config).to(dtype)
 
 
+@pytest.mark.parametrize("layers", [4, 30])  # the tied head bigger than a block (chunked), or not
+@pytest.mark.parametrize("name", ["mezo", "conmezo"])
+def test_the_forward_sees_exactly_x_plus_lambda_z(name: str, layers: int) -> None:
+    """Blocks, embedding rows and head chunks together perturb every weight by λz, no more, no less."""
+    model = tiny_llama(torch.float32, layers)
+    cfg = OptimConfig(name=name, lr=1e-2, eps=1e-2, fused=False)
+    opt = build(model, cfg, seed=1)
+    ids = torch.tensor([[5, 7, 5, 290, 0, 7]])
+    with torch.no_grad():
+        for t in range(1, 4):  # a momentum that is no longer pure noise
+            opt.begin_step(t)
+            with opt.perturb(+1):
+                plus = float(model(input_ids=ids, labels=ids).loss)
+            with opt.perturb(-1):
+                minus = float(model(input_ids=ids, labels=ids).loss)
+            opt.estimate(plus, minus)
+            opt.update(cfg.lr, 0.9)
+        opt.begin_step(4)
+        clean = float(model(input_ids=ids, labels=ids).loss)
+        with opt.perturb(+1):
+            hooked = float(model(input_ids=ids, labels=ids).loss)
+        opt.close()  # no hooks: perturb the weights by hand
+        for i, p in enumerate(opt.params):
+            p.add_(cfg.eps * opt.direction(i))
+        manual = float(model(input_ids=ids, labels=ids).loss)
+    assert abs(hooked - clean) > 1e-3
+    assert hooked == pytest.approx(manual, rel=1e-6, abs=0.0)
+
+
 def run_steps(name: str, dtype: torch.dtype, fused: bool, steps: int = 6) -> tuple[list[float], nn.Module]:
     model = tiny_llama(dtype)
     cfg = OptimConfig(name=name, lr=1e-2, eps=1e-2, theta=1.3, weight_decay=0.1, fused=fused)

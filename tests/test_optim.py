@@ -308,16 +308,21 @@ def test_bf16_momentum_buffer_still_descends() -> None:
     assert model().item() < 0.5 * start
 
 
-def test_tied_weight_direction_is_drawn_once_per_forward() -> None:
+def test_tied_embedding_and_head_are_never_perturbed_whole() -> None:
+    """The embedding perturbs only the rows it looks up, the head (bigger than a block) one chunk
+    of rows at a time: no perturbed copy of the matrix, and every other weight drawn once."""
     model = TwoLayer(torch.float32)  # emb.weight is also head.weight
+    model.ids = torch.tensor([3, 3, 5])
     opt = build(model, OptimConfig(name="mezo"), seed=0)
     drawn: list[int] = []
     original = opt._perturbed
-    opt._perturbed = lambda run: drawn.extend(id(s.param) for s in run.segments) or original(run)
+    opt._perturbed = lambda run: drawn.append(run.end - run.start) or original(run)
     opt.begin_step(1)
     with torch.no_grad(), opt.perturb(+1):
         model()
-    assert sorted(drawn) == sorted(id(p) for p in opt.params)  # each trainable tensor exactly once
+    vocab, width = model.emb.weight.shape
+    assert drawn.count(width) == vocab  # the head in chunks of one row (a block is 7 weights here)
+    assert sum(drawn) == opt.d  # and with its bias and the norm: each weight exactly once
 
 
 def test_a_run_that_cannot_move_says_so() -> None:

@@ -34,6 +34,10 @@ class Segment:
     numel: int
     decays: bool  # weight decay applies (matrices and embeddings, not biases or norm weights)
 
+    def run(self) -> Run:
+        """This parameter alone, as a run."""
+        return Run(self.group, self.start, self.start + self.numel, [self])
+
 
 @dataclass
 class Run:

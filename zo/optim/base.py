@@ -34,10 +34,11 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from zo import ZOError
-from zo.flat import FlatParams, Run, Segment, blocks
+from zo.flat import BLOCK_FRACTION, FlatParams, Run, Segment, blocks
 from zo.fused import kernel
 from zo.noise import mix, normal_at, positions
 
@@ -62,14 +63,60 @@ class OptimConfig:
     fused: bool = True  # torch.compile the passes over the weights (False: same math eagerly, slower)
 
 
-def perturbed(
-    x: torch.Tensor, m: torch.Tensor | None, start: int, seed: int, a: float, c: float
+def perturbed_at(
+    x: torch.Tensor, m: torch.Tensor | None, idx: torch.Tensor, seed: int, a: float, c: float
 ) -> torch.Tensor:
-    """x + a·n + c·m in x's dtype, n the step's noise at flat indices start.. (λ and sign folded in a, c)."""
-    z = a * normal_at(positions(start, x.numel(), x.device), seed)
+    """x + a·n + c·m in x's dtype, n the step's noise at flat indices idx (λ and sign folded in a, c)."""
+    z = a * normal_at(idx, seed)
     if m is not None:
         z = z + c * m.float()
     return (x.float() + z).to(x.dtype)
+
+
+def perturbed(
+    x: torch.Tensor, m: torch.Tensor | None, start: int, seed: int, a: float, c: float
+) -> torch.Tensor:
+    """`perturbed_at` for a contiguous stretch of the flat vector starting at index start."""
+    return perturbed_at(x, m, positions(start, x.numel(), x.device), seed, a, c)
+
+
+def perturbed_rows(
+    rows: torch.Tensor, m: torch.Tensor | None, ids: torch.Tensor, start: int, seed: int, a: float, c: float
+) -> torch.Tensor:
+    """Rows `ids` of a perturbed (V, H) matrix, given its unperturbed rows; m is the whole matrix's
+    momentum. Element (r, j) has flat index start + r·H + j, as in `perturbed`, so the values agree."""
+    width = rows.shape[-1]
+    idx = start + ids.unsqueeze(-1) * width + torch.arange(width, device=rows.device)
+    return perturbed_at(rows, None if m is None else m[ids], idx, seed, a, c)
+
+
+class _ChunkedLinear:
+    """A big nn.Linear (an LM head) that, while perturbed, runs in chunks of `rows` output rows,
+    each chunk's weights perturbed just before its matmul: the perturbed copy of the matrix
+    never exists whole. Installed as the module's forward; `remove` gives the module back its own."""
+
+    def __init__(self, opt: ZOOptimizer, module: nn.Linear, seg: Segment, rows: int) -> None:
+        self.opt, self.module, self.seg, self.rows = opt, module, seg, rows
+        module.forward = self
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        module, seg = self.module, self.seg
+        if not self.opt._perturbing(seg):
+            return F.linear(x, module.weight, module.bias)
+        width, height = module.in_features, module.out_features
+        out = None
+        for r0 in range(0, height, self.rows):
+            r1 = min(r0 + self.rows, height)
+            w = self.opt._perturbed(Run(seg.group, seg.start + r0 * width, seg.start + r1 * width))
+            y = F.linear(x, w.view(r1 - r0, width), None if module.bias is None else module.bias[r0:r1])
+            if out is None:
+                out = y.new_empty(*y.shape[:-1], height)
+            out[..., r0:r1] = y
+        assert out is not None
+        return out
+
+    def remove(self) -> None:
+        vars(self.module).pop("forward", None)
 
 
 class ZOOptimizer:
@@ -95,7 +142,9 @@ class ZOOptimizer:
         self._active: dict[int, tuple[nn.Parameter, torch.Tensor]] = {}
         self._touched: set[int] | None = None
         self._verified = False
-        self._hooks = self._install_hooks([(m, [self.flat.index[id(p)] for p in ps]) for m, ps in hooked])
+        self._hooks = self._install_hooks(
+            model, [(m, [self.flat.index[id(p)] for p in ps]) for m, ps in hooked]
+        )
         decays = cfg.weight_decay != 0.0  # split the update only where the decay factor differs
         self._update_runs = self.flat.runs(self.flat.segments, lambda a, b: decays and a.decays != b.decays)
 
@@ -103,7 +152,7 @@ class ZOOptimizer:
         return kernel(fn, self.cfg.fused)
 
     def close(self) -> None:
-        """Remove the forward hooks, so another optimizer can drive the same model."""
+        """Remove the hooks (and chunked forwards), so another optimizer can drive the same model."""
         for handle in self._hooks:
             handle.remove()
         self._hooks = []
@@ -121,32 +170,60 @@ class ZOOptimizer:
         """(a, c) of this step's direction z = a·n + c·m."""
         return 1.0, 0.0
 
-    def _momentum_term(self, run: Run, c: float) -> torch.Tensor | None:
-        """The run's slice of m when the direction uses it."""
-        return None if c == 0.0 or self.momentum is None else self.momentum[run.group][run.start : run.end]
+    def _momentum_slice(self, run: Run) -> torch.Tensor | None:
+        """The run's stretch of m (None for optimizers without momentum)."""
+        return None if self.momentum is None else self.momentum[run.group][run.start : run.end]
 
     def direction(self, i: int) -> torch.Tensor:
         """This step's z restricted to parameter i, as fp32 with its shape (for tests and alignment)."""
         seg = self.flat.segments[i]
-        run = Run(seg.group, seg.start, seg.start + seg.numel, [seg])
+        run = seg.run()
         a, c = self.coefficients()
         zeros = torch.zeros(seg.numel, dtype=torch.float32, device=seg.param.device)
         start = self.flat.slice(run)[1]
-        z = self.kernel(perturbed)(zeros, self._momentum_term(run, c), start, self.step_seed, a, c)
+        m = self._momentum_slice(run) if c != 0.0 else None
+        z = self.kernel(perturbed)(zeros, m, start, self.step_seed, a, c)
         return z.view(seg.param.shape)
 
     # ---- perturbation -------------------------------------------------------------------------
-    def _install_hooks(self, hooked: list[tuple[nn.Module, list[Segment]]]) -> list:
+    def _install_hooks(self, model: nn.Module, hooked: list[tuple[nn.Module, list[Segment]]]) -> list:
+        """Hooks on every block, and the two special cases that would otherwise copy a whole matrix.
+
+        An embedding perturbs only the rows it looked up (its output), and a linear layer bigger
+        than a block (an LM head) runs in chunks of rows, each perturbed just before its matmul.
+        Without them a tied embedding/head copy, often the largest tensor in the model, would stay
+        alive for the whole forward.
+        """
+        limit = max(self.d // BLOCK_FRACTION, 1)
+        handles: list = []
+        own: dict[int, int] = {}  # id(module) -> id(weight) it perturbs itself
+        for module in model.modules():
+            seg = self.flat.index.get(id(getattr(module, "weight", None)))
+            if seg is None:
+                continue
+            if type(module).forward is nn.Embedding.forward and module.max_norm is None:
+                handles.append(module.register_forward_hook(self._make_row_hook(seg)))
+                own[id(module)] = id(seg.param)
+            elif type(module).forward is nn.Linear.forward and seg.numel > limit:
+                handles.append(_ChunkedLinear(self, module, seg, rows=max(limit // module.in_features, 1)))
+                own[id(module)] = id(seg.param)
+        # A block stops swapping in a weight that a module inside it perturbs itself. A tied twin
+        # elsewhere (the head of an embedding) still gets it from its own block.
+        hooked = [
+            (block, [s for s in segments if id(s.param) not in {own.get(id(m)) for m in block.modules()}])
+            for block, segments in hooked
+        ]
         owners: dict[int, int] = {}
         for _, segments in hooked:
             for s in segments:
                 owners[id(s.param)] = owners.get(id(s.param), 0) + 1
-        # Tied weights (input embedding = output head) are entered twice per forward: keep their
-        # perturbed copy for the whole forward instead of drawing z for them twice.
+        # A weight entered by two blocks (tied, and not an embedding/head pair) keeps its perturbed
+        # copy for the whole forward instead of drawing z for it twice.
         self._tied = {key for key, count in owners.items() if count > 1}
         self._tied_cache: dict[int, torch.Tensor] = {}
-        handles = []
         for module, segments in hooked:
+            if not segments:
+                continue
             runs = self.flat.runs(
                 segments, lambda a, b: id(a.param) in self._tied or id(b.param) in self._tied
             )
@@ -158,8 +235,29 @@ class ZOOptimizer:
         """The run's weights at x + scale·z, as one fresh tensor."""
         a, c = self.coefficients()
         x, start = self.flat.slice(run)
-        m = self._momentum_term(run, c)
+        m = self._momentum_slice(run) if c != 0.0 else None
         return self.kernel(perturbed)(x, m, start, self.step_seed, self._scale * a, self._scale * c)
+
+    def _perturbing(self, seg: Segment) -> bool:
+        """Whether seg's module must perturb it now (not when an enclosing module already did)."""
+        if self._scale == 0.0 or id(seg.param) in self._active:
+            return False
+        if self._touched is not None:
+            self._touched.add(id(seg.param))
+        return True
+
+    def _make_row_hook(self, seg: Segment):
+        def row_hook(module: nn.Embedding, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+            if not self._perturbing(seg):
+                return None
+            a, c = self.coefficients()
+            run = seg.run()
+            m = self._momentum_slice(run).view(seg.param.shape) if c != 0.0 else None
+            start = self.flat.slice(run)[1]
+            rows = self.kernel(perturbed_rows)
+            return rows(output, m, args[0], start, self.step_seed, self._scale * a, self._scale * c)
+
+        return row_hook
 
     def _make_pre_hook(self, runs: list[Run]):
         def pre_hook(module: nn.Module, args: tuple) -> None:
@@ -251,7 +349,7 @@ class ZOOptimizer:
         """
         for run in self._update_runs:
             x, start = self.flat.slice(run)
-            m = None if self.momentum is None else self.momentum[run.group][run.start : run.end]
+            m = self._momentum_slice(run)
             decay = 1.0 - lr * self.cfg.weight_decay if run.segments[0].decays else 1.0
             yield x, m, start, decay
 
@@ -261,7 +359,9 @@ class ZOOptimizer:
         if self.momentum is None:
             return self.direction(i)
         s = self.flat.segments[i]
-        return self.momentum[s.group][s.start : s.start + s.numel].float().view(s.param.shape)
+        m = self._momentum_slice(s.run())
+        assert m is not None
+        return m.float().view(s.param.shape)
 
     def new_momentum(self) -> list[torch.Tensor]:
         """A zero momentum buffer beside each parameter buffer, in the configured dtype."""

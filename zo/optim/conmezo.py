@@ -5,8 +5,8 @@
 
 z is never stored: any slice of it is a·n + c·m, rebuilt from the seeded noise n
 and the momentum slice whenever needed (a = √d sin θ/‖n‖, c = √d cos θ/‖m‖).
-‖m‖ is computed exactly (the official code estimates it), for free, by the same
-pass that writes m. With `unit_u`, u = n/‖n‖ and ‖n‖ costs one extra pass that
+‖m‖ is computed exactly (the official code estimates it) by a read-only pass over
+the stored m after each update. With `unit_u`, u = n/‖n‖ and ‖n‖ costs one extra pass that
 only draws noise (no memory traffic) per step. Without it, u = n/√d, the paper's
 practical choice (‖u‖ ≈ 1).
 """
@@ -35,13 +35,18 @@ def conmezo_step(
     lr: float,
     beta: float,
     sr: bool,
-) -> torch.Tensor:
-    """x ← decay·x − η p z, m ← β m + (1−β) p z with z = a·n + c·m_old, in one pass; returns Σ m²."""
+) -> None:
+    """x ← decay·x − η p z, m ← β m + (1−β) p z with z = a·n + c·m_old, in one pass."""
     idx = positions(start, x.numel(), x.device)
     m_old = m.float()
     g = proj * (coef[0] * normal_at(idx, seeds[0]) + coef[1] * m_old)
     x.copy_(round_to(decay * x.float() - lr * g, x.dtype, idx, seeds[1], sr))
     m.copy_(round_to(beta * m_old + (1.0 - beta) * g, m.dtype, idx, seeds[2], sr))
+
+
+def sum_sq(m: torch.Tensor) -> torch.Tensor:
+    """Σ m² of what was stored. A pass of its own: folded into `conmezo_step`, inductor (CPU) stages
+    the new x in a full-size temporary and copies it back, which costs more memory and time."""
     return m.float().square().sum()
 
 
@@ -50,13 +55,10 @@ def noise_sq(like: torch.Tensor, start: int, seed: int) -> torch.Tensor:
     return normal_at(positions(start, like.numel(), like.device), seed).square().sum()
 
 
-def fill_noise(
-    m: torch.Tensor, start: int, seed: int, scale: float, round_seed: int, sr: bool
-) -> torch.Tensor:
-    """m ← scale·n; returns Σ m² of what was stored."""
+def fill_noise(m: torch.Tensor, start: int, seed: int, scale: float, round_seed: int, sr: bool) -> None:
+    """m ← scale·n."""
     idx = positions(start, m.numel(), m.device)
     m.copy_(round_to(scale * normal_at(idx, seed), m.dtype, idx, round_seed, sr))
-    return m.float().square().sum()
 
 
 @register
@@ -73,28 +75,17 @@ class ConMeZO(ZOOptimizer):
         # m_0 = u_0: a random unit vector, drawn from a seed that no step uses.
         self.begin_step(-1)
         self.momentum = self.new_momentum()
-        sq = 0.0
+        fill = self.kernel(fill_noise)
         for buffer, m in zip(self.flat.buffers, self.momentum, strict=True):
-            fill = self.kernel(fill_noise)
-            sq += float(
-                fill(
-                    m,
-                    buffer.offset,
-                    self.step_seed,
-                    self.u_scale,
-                    self.round_seed(2),
-                    cfg.stochastic_rounding,
-                )
-            )
-        self.m_norm = math.sqrt(sq)
+            fill(m, buffer.offset, self.step_seed, self.u_scale, self.round_seed(2), cfg.stochastic_rounding)
+        self.m_norm = self._momentum_norm()
 
     def begin_step(self, step: int) -> None:
         super().begin_step(step)
         if self.cfg.unit_u:  # u = n/‖n‖ needs this step's ‖n‖ before the first perturbed forward
             norm_sq = self.kernel(noise_sq)
-            self.u_scale = 1.0 / math.sqrt(
-                sum(float(norm_sq(b.data, b.offset, self.step_seed)) for b in self.flat.buffers)
-            )
+            total = sum(norm_sq(b.data, b.offset, self.step_seed) for b in self.flat.buffers)
+            self.u_scale = 1.0 / math.sqrt(float(total))  # one host sync, not one per buffer
 
     def coefficients(self) -> tuple[float, float]:
         return self.sqrt_d * self.sin * self.u_scale, self.sqrt_d * self.cos / self.m_norm
@@ -103,26 +94,18 @@ class ConMeZO(ZOOptimizer):
         assert beta is not None
         seeds = (self.step_seed, self.round_seed(1), self.round_seed(2))
         coef = self.coefficients()  # the old m and ‖m‖: z must be the one the forwards saw
-        sq = 0.0
+        step = self.kernel(conmezo_step)
         for x, m, start, decay in self.slices(lr):
-            step = self.kernel(conmezo_step)
-            sq += float(
-                step(
-                    x,
-                    m,
-                    start,
-                    seeds,
-                    coef,
-                    decay,
-                    self.projected_grad,
-                    lr,
-                    beta,
-                    self.cfg.stochastic_rounding,
-                )
-            )
-        self.m_norm = math.sqrt(sq)
+            step(x, m, start, seeds, coef, decay, self.projected_grad, lr, beta, self.cfg.stochastic_rounding)
+        self.m_norm = self._momentum_norm()
         if not 0.0 < self.m_norm < math.inf:
             raise ZOError(f"momentum norm is {self.m_norm} after the update; lower optimizer.lr")
+
+    def _momentum_norm(self) -> float:
+        """‖m‖ exactly, over all buffers, with one host sync."""
+        assert self.momentum is not None
+        norm_sq = self.kernel(sum_sq)
+        return math.sqrt(float(sum(norm_sq(m) for m in self.momentum)))
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "m_norm": self.m_norm}
