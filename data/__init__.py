@@ -1,7 +1,7 @@
 """Tasks and their data for zo-runner.
 
 `build_task(name)` gives a task (prompts, label words, where its files live);
-`load_task_data(task, root, ...)` reads and samples its splits. A new task is
+`load_task_data(task, root, Request(...))` reads and samples its splits. A new task is
 one small class registered with `@register` in a `tasks_*` module.
 """
 
@@ -11,5 +11,16 @@ from data import tasks_nli, tasks_offline, tasks_qa, tasks_sentence, tasks_super
 from data.base import MASK, DataError, Example, Task
 from data.load import TaskData, load_task_data
 from data.registry import TASKS, build_task
+from data.sampling import Request
 
-__all__ = ["MASK", "TASKS", "DataError", "Example", "Task", "TaskData", "build_task", "load_task_data"]
+__all__ = [
+    "MASK",
+    "TASKS",
+    "DataError",
+    "Example",
+    "Request",
+    "Task",
+    "TaskData",
+    "build_task",
+    "load_task_data",
+]

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from data.base import Example, Task
-from data.sampling import check_request, class_counts, draw
+from data.sampling import Request, class_counts, draw
 from data.source import DataTask, Fetched
 
 
@@ -18,40 +18,18 @@ class TaskData:
     info: dict  # JSON-serialisable record of what was read and drawn; the runner puts it in summary.json
 
 
-def load_task_data(
-    task: Task,
-    root: Path | None,
-    *,
-    sampling: str,
-    k: int,
-    num_train: int,
-    num_dev: int,
-    num_test: int,
-    test_cap: int,
-    data_seed: int,
-) -> TaskData:
+def load_task_data(task: Task, root: Path | None, req: Request) -> TaskData:
     """Sample train/dev/test for one run; requests the data cannot fill are listed in info["short"]."""
-    info: dict = {"task": task.name, "sampling": sampling, "data_seed": data_seed}
+    info: dict = {"task": task.name, "sampling": req.sampling, "data_seed": req.data_seed}
     if task.task_type == "synthetic":
         return TaskData([], [], [], {**info, "sampling": "none"})
-    check_request(sampling, k, num_train, num_dev, num_test, test_cap)  # before any slow read
-    pools = {split: _fetch(task, split, root, data_seed) for split in ("train", task.test_split)}
+    pools = {split: _fetch(task, split, root, req.data_seed) for split in ("train", task.test_split)}
     train_pool, test_pool = pools["train"].examples, pools[task.test_split].examples
-    train, dev, test = draw(
-        task,
-        train_pool,
-        test_pool,
-        sampling=sampling,
-        k=k,
-        num_train=num_train,
-        num_dev=num_dev,
-        num_test=num_test,
-        test_cap=test_cap,
-        data_seed=data_seed,
-    )
+    train, dev, test = draw(task, train_pool, test_pool, req)
+    sampling = req.sampling
     asked = {
-        "kshot": {"k": k},
-        "fixed": {"num_train": num_train, "num_dev": num_dev, "num_test": num_test},
+        "kshot": {"k": req.k},
+        "fixed": {"num_train": req.num_train, "num_dev": req.num_dev, "num_test": req.num_test},
         "full": {},
     }[sampling]
     per_class = {"train": class_counts(task, train), "dev": class_counts(task, dev)}
@@ -59,7 +37,7 @@ def load_task_data(
         "source": {"train": pools["train"].source, "test": pools[task.test_split].source},
         "available": {"train": len(train_pool), "test": len(test_pool)},
         "asked": asked,
-        "test_cap": test_cap if sampling != "fixed" else None,
+        "test_cap": req.test_cap if sampling != "fixed" else None,
         "obtained": {"train": len(train), "dev": len(dev), "test": len(test)},
         "per_class": per_class,
         "short": _shortfalls(sampling, asked, per_class, {"train": train, "dev": dev, "test": test}),

@@ -16,6 +16,7 @@ order, because the runner evaluates on its first `train.eval_samples` rows.
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -58,34 +59,37 @@ def kshot(task: Task, pool: list[Example], k: int, seed: int) -> tuple[list[Exam
     return train, dev
 
 
-def check_request(sampling: str, *sizes: int) -> None:
-    if sampling not in SAMPLINGS:
-        raise DataError(f"task.sampling={sampling} is invalid: allowed {', '.join(SAMPLINGS)}")
-    if min(sizes) < 0:
-        raise DataError("task.k, num_train, num_dev, num_test and test_cap must all be >= 0")
+@dataclass(frozen=True)
+class Request:
+    """What one run asks of a task's data (the `task.*` keys of the config); checked on creation,
+    so a bad request fails before any slow read. Sizes a mode does not use stay 0."""
+
+    sampling: str
+    data_seed: int
+    k: int = 0  # kshot: examples per class for train, and again for dev
+    num_train: int = 0  # fixed
+    num_dev: int = 0  # fixed
+    num_test: int = 0  # fixed
+    test_cap: int = 0  # kshot and full: at most this many test examples
+
+    def __post_init__(self) -> None:
+        if self.sampling not in SAMPLINGS:
+            raise DataError(f"task.sampling={self.sampling} is invalid: allowed {', '.join(SAMPLINGS)}")
+        if min(self.k, self.num_train, self.num_dev, self.num_test, self.test_cap) < 0:
+            raise DataError("task.k, num_train, num_dev, num_test and test_cap must all be >= 0")
 
 
 def draw(
-    task: Task,
-    train_pool: list[Example],
-    test_pool: list[Example],
-    *,
-    sampling: str,
-    k: int,
-    num_train: int,
-    num_dev: int,
-    num_test: int,
-    test_cap: int,
-    data_seed: int,
+    task: Task, train_pool: list[Example], test_pool: list[Example], req: Request
 ) -> tuple[list[Example], list[Example], list[Example]]:
     """(train, dev, test) as the sampling mode prescribes; train and dev never share an example."""
-    check_request(sampling, k, num_train, num_dev, num_test, test_cap)
+    sampling, seed = req.sampling, req.data_seed
     if sampling == "kshot":
-        train, dev = kshot(task, train_pool, k, data_seed)
+        train, dev = kshot(task, train_pool, req.k, seed)
     elif sampling == "fixed":
-        order = permuted(train_pool, data_seed)
-        train, dev = order[:num_train], order[num_train : num_train + num_dev]
+        order = permuted(train_pool, seed)
+        train, dev = order[: req.num_train], order[req.num_train : req.num_train + req.num_dev]
     else:
         train, dev = list(train_pool), []
-    test = permuted(test_pool, data_seed)[: num_test if sampling == "fixed" else test_cap]
+    test = permuted(test_pool, seed)[: req.num_test if sampling == "fixed" else req.test_cap]
     return train, dev, test

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from data import TASKS, DataError, build_task, load_task_data
+from data import TASKS, DataError, Request, build_task, load_task_data
 from data.source import DataTask
 
 SHARED = Path(
@@ -185,15 +185,7 @@ def test_mnli_glue_tsv_uses_header_columns_and_last_field(tmp_path: Path) -> Non
 
 def test_mnli_falls_back_to_lm_bff_kshot_files_of_the_data_seed(shared: Path) -> None:
     data = load_task_data(
-        build_task("mnli"),
-        shared,
-        sampling="kshot",
-        k=16,
-        num_train=0,
-        num_dev=0,
-        num_test=0,
-        test_cap=1000,
-        data_seed=13,
+        build_task("mnli"), shared, Request(sampling="kshot", k=16, test_cap=1000, data_seed=13)
     )
     assert data.info["source"]["train"] == f"local:{shared / 'MNLI/lmbff-k-shot/16-13/train.tsv'}"
     assert data.info["source"]["test"].endswith("MNLI/lmbff-k-shot/16-13/dev_matched.tsv")
@@ -342,13 +334,7 @@ def test_missing_root_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
         load_task_data(
             build_task("sst2"),
             None,
-            sampling="fixed",
-            k=1,
-            num_train=1,
-            num_dev=1,
-            num_test=1,
-            test_cap=1,
-            data_seed=0,
+            Request(sampling="fixed", k=1, num_train=1, num_dev=1, num_test=1, test_cap=1, data_seed=0),
         )
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from data import TASKS, build_task, load_task_data
+from data import TASKS, Request, build_task, load_task_data
 from data.base import Example, Task
 from tests.conftest import cli
 from zo.models import ModelConfig, load_model, load_tokenizer
@@ -81,15 +81,7 @@ def test_zero_shot_smollm2_beats_chance_on_sst2(smollm2, needs_shared: Path) -> 
     model, tok = smollm2
     task = build_task("sst2_review")
     data = load_task_data(
-        task,
-        needs_shared,
-        sampling="fixed",
-        k=0,
-        num_train=0,
-        num_dev=0,
-        num_test=200,
-        test_cap=1000,
-        data_seed=42,
+        task, needs_shared, Request(sampling="fixed", num_test=200, test_cap=1000, data_seed=42)
     )
     accuracy = CausalLM(task, tok, 128).evaluate(model, data.test, 32)["accuracy"]
     # measured 0.77 on 300 dev sentences; 0.65 is ~4 binomial std below, chance is 0.5

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from data import DataError, TaskData, build_task, load_task_data
+from data import DataError, Request, TaskData, build_task, load_task_data
 from zo import ZOError, checkpoint
 from zo.config import model_config, optim_config
 from zo.models import load_model
@@ -118,17 +118,8 @@ def load_data(cfg: DictConfig, task) -> TaskData:
     if sampling == "auto":
         sampling = "kshot" if cfg.model.kind == "mlm" else "fixed"
     t = cfg.task
-    return load_task_data(
-        task,
-        data_root(cfg.data.root),
-        sampling=sampling,
-        k=t.k,
-        num_train=t.num_train,
-        num_dev=t.num_dev,
-        num_test=t.num_test,
-        test_cap=t.test_cap,
-        data_seed=t.data_seed,
-    )
+    req = Request(sampling, t.data_seed, t.k, t.num_train, t.num_dev, t.num_test, t.test_cap)
+    return load_task_data(task, data_root(cfg.data.root), req)
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict:
