@@ -26,8 +26,6 @@ class MeZO(ZOOptimizer):
     name = "mezo"
 
     def update(self, lr: float, beta: float | None) -> None:
-        step = lr * self.projected_grad
+        step, move = self.kernel(mezo_step), lr * self.projected_grad
         for x, _, start, decay in self.slices(lr):
-            self.kernel(mezo_step)(
-                x, start, self.step_seed, self.round_seed(1), decay, step, self.cfg.stochastic_rounding
-            )
+            step(x, start, self.step_seed, self.round_seed(1), decay, move, self.cfg.stochastic_rounding)

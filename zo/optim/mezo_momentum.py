@@ -45,7 +45,6 @@ class MeZOMomentum(MeZO):
     def update(self, lr: float, beta: float | None) -> None:
         assert beta is not None
         seeds = (self.step_seed, self.round_seed(1), self.round_seed(2))
+        step = self.kernel(momentum_step)
         for x, m, start, decay in self.slices(lr):
-            self.kernel(momentum_step)(
-                x, m, start, seeds, decay, self.projected_grad, lr, beta, self.cfg.stochastic_rounding
-            )
+            step(x, m, start, seeds, decay, self.projected_grad, lr, beta, self.cfg.stochastic_rounding)
