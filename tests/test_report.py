@@ -213,6 +213,9 @@ def test_quadratic_metric_counts_only_evaluation_steps(tmp_path: Path) -> None:
     run = Run("q", {"train": {"steps": 20, "eval_every": 5}}, [], "finished", rows, "loss")
     assert [r["step"] for r in run.evals] == [0, 5, 10, 15, 20]
     assert run.value_at(12) == 9.0 and run.steps_to(8.6) == 15 and run.best()["step"] == 20
+    marked = [{**r, "evaluated": True} if r["step"] in (0, 7) else r for r in rows]
+    run = Run("q", {}, [], "finished", marked, "loss")  # metrics.jsonl says so itself: no config needed
+    assert [r["step"] for r in run.evals] == [0, 7]
 
 
 def test_report_writes_csv_png_svg_and_the_csv_holds_the_plotted_numbers(sweep: Path, tmp_path: Path) -> None:

@@ -21,7 +21,8 @@ def test_quadratic_run_writes_metrics_summary_and_config(tmp_path: Path) -> None
     rows = read_metrics(tmp_path / "metrics.jsonl", drop_timing=False)
     assert [r["step"] for r in rows] == list(range(0, 301))
     assert all(set(r) >= TRAIN_KEYS for r in rows[1:])
-    assert [r["step"] for r in rows if "eval_loss" in r or ("loss" in r and "lr" not in r)] == [0]
+    assert [r["step"] for r in rows if r.get("evaluated")] == [0, 100, 200, 300]  # f(x), not the ± mean
+    assert [r["step"] for r in rows if "evaluated" in r] == [0, 100, 200, 300]
     assert rows[-1]["theta"] == 1.35 and rows[1]["beta_t"] == pytest.approx(0.1)
     assert summary["status"] == "finished" and summary["step"] == 300
     assert summary["final"]["loss"] < 0.8 * summary["initial"]["loss"]

@@ -177,7 +177,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     summary["wandb_id"] = wandb.run.id if wandb.run is not None else None
 
     def record(row: dict, evaluated: bool) -> None:
-        log.write(row)
+        # The mark says which rows hold f(x) when the metric is the training loss (the quadratic).
+        log.write({**row, "evaluated": True} if evaluated else row)
         wandb.log(row)
         progress.step(row, evaluated)
         if not evaluated:

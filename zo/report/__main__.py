@@ -1,0 +1,3 @@
+from zo.report.cli import main
+
+raise SystemExit(main())

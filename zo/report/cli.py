@@ -1,0 +1,105 @@
+"""Turn a sweep into tables and figures: `python -m zo.report <sweep_dir>`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from zo.report.numbers import alignment_data, curves_data, heatmap_data, runs_table, write_csv
+from zo.report.plots import plot_alignment, plot_curves, plot_heatmaps, pyplot
+from zo.report.runs import DEFAULT_STEPS, ReportError, Run, collect_runs, wandb_runs
+
+
+def print_table(rows: list[dict], steps: Sequence[int]) -> None:
+    """The table's headline columns on the terminal; runs.csv has all of them."""
+    from rich.console import Console
+    from rich.table import Table
+
+    cols = ["optimizer", "theta", "beta", "lr", "seed", "task", "status", "final", "best",
+            *[f"at_{s}" for s in steps], "steps_to_target", "s_per_step", "peak_mem_mib"]  # fmt: skip
+    table = Table(title=f"{len(rows)} runs")
+    for col in cols:
+        table.add_column(col, overflow="fold")
+    for row in rows:
+        table.add_row(*(_fmt(row.get(col)) for col in cols))
+    console = Console()
+    if not console.is_terminal:  # a log file: do not squeeze the table into 80 columns
+        console.width = 200
+    console.print(table)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def report(
+    runs: list[Run],
+    out: Path,
+    steps: Sequence[int] = DEFAULT_STEPS,
+    target: float | None = None,
+    heatmap_step: int | None = None,
+) -> list[Path]:
+    """Write every table and figure the runs support (CSV + PNG + SVG); returns the folder's files."""
+    out.mkdir(parents=True, exist_ok=True)
+    rows = runs_table(runs, steps, target)
+    write_csv(out / "runs.csv", rows)
+    print_table(rows, steps)
+    figures = []
+    maps = heatmap_data(runs, heatmap_step)
+    if maps:
+        write_csv(out / "heatmap.csv", [c for h in maps for c in h.cells()])
+        figures.append(
+            plot_heatmaps(maps, out, title="final" if heatmap_step is None else f"step {heatmap_step}")
+        )
+    curves = curves_data(runs)
+    if curves:
+        write_csv(out / "curves.csv", [p for c in curves for p in c.points()])
+        figures.append(plot_curves(curves, out))
+    aligned, inv_d = alignment_data(runs)
+    if aligned:
+        write_csv(out / "alignment.csv", [{**p, "inv_d": inv_d} for c in aligned for p in c.points()])
+        figures.append(plot_alignment(aligned, inv_d, out))
+    for fig in figures:
+        pyplot().close(fig)
+    return sorted(out.iterdir())
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m zo.report", description=__doc__)
+    add = parser.add_argument
+    add("sweep_dir", nargs="?", type=Path, help="folder holding the sweep's run folders (any depth)")
+    add("--step", type=int, nargs="+", default=list(DEFAULT_STEPS), help="steps of the at_N columns")
+    add("--target", type=float, help="metric value for the steps_to_target column")
+    add("--metric", help="metric to report (default: each run's own: accuracy, f1 or loss)")
+    add("--heatmap-step", type=int, help="step of the heatmap values (default: the final evaluation)")
+    add("--out", type=Path, help="output folder (default: <sweep_dir>/report)")
+    add("--from-wandb", metavar="ENTITY/PROJECT", help="read the runs from W&B instead of run folders")
+    add("--wandb-filters", type=json.loads, help='W&B run filters as JSON: \'{"config.task.name": "trec"}\'')
+    args = parser.parse_args(argv)
+    if (args.sweep_dir is None) == (args.from_wandb is None):
+        parser.error("give either a sweep folder or --from-wandb ENTITY/PROJECT")
+    if args.out is None:
+        wandb_out = Path("outputs/reports") / str(args.from_wandb).replace("/", "_")
+        args.out = args.sweep_dir / "report" if args.sweep_dir else wandb_out
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        if args.from_wandb:
+            runs = wandb_runs(args.from_wandb, args.wandb_filters, args.metric)
+        else:
+            runs = collect_runs(args.sweep_dir, args.metric)
+        written = report(runs, args.out, args.step, args.target, args.heatmap_step)
+    except ReportError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"{len(runs)} runs → {args.out}: {', '.join(p.name for p in written)}")
+    return 0

@@ -1,0 +1,214 @@
+"""Runs as the report sees them, read from run folders or from W&B."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SEED_KEYS = ("train.seed", "task.data_seed")
+CONE_KEYS = ("optimizer.theta", "optimizer.beta")
+PANEL_FREE = (*CONE_KEYS, "optimizer")  # what the lines (or cells) of one panel may differ in
+DEFAULT_STEPS = (1000, 3000, 6000)  # the ConMeZO paper's Table 11 checkpoints
+SHORT = {"optimizer.theta": "θ", "optimizer.beta": "β", "optimizer.lr": "η", "optimizer.eps": "λ"}
+
+
+class ReportError(RuntimeError):
+    """Nothing to report on, or a source that cannot be read; printed as a one-line error."""
+
+
+@dataclass
+class Run:
+    """One run, whatever it was read from: its settings, its logged rows and how it ended."""
+
+    name: str
+    config: dict
+    overrides: list[str]
+    status: str
+    rows: list[dict]
+    metric: str
+    s_per_step: float | None = None
+    peak_mem_mib: float | None = None
+    evals: list[dict] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.evals = [r for r in self.rows if self._is_eval(r)]
+
+    def _is_eval(self, row: dict) -> bool:
+        """Rows that hold an evaluation of the metric.
+
+        When the metric is "loss" (the quadratic), training rows carry a "loss" too: the mean of
+        the two perturbed values, biased by λ². metrics.jsonl marks evaluated rows; W&B history
+        does not, and there the evaluations are the steps the runner evaluates at: 0, every
+        train.eval_every, and the last.
+        """
+        if row.get(self.metric) is None:
+            return False
+        if "evaluated" in row or self.metric != "loss" or "lr" not in row:
+            return True
+        every, step = self.get("train.eval_every") or 0, row["step"]
+        return step == self.get("train.steps") or bool(every and step % every == 0)
+
+    def get(self, dotted: str) -> Any:
+        node: Any = self.config
+        for part in dotted.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return None
+            node = node[part]
+        return node
+
+    @property
+    def lower_is_better(self) -> bool:
+        return self.metric.endswith("loss")
+
+    @property
+    def key(self) -> tuple[str, ...]:
+        """The overrides that define the run's setting: everything but its seeds."""
+        return tuple(sorted(o for o in self.overrides if override_key(o) not in SEED_KEYS))
+
+    def uses(self, series: str) -> bool:
+        """Whether the optimizer uses θ ('theta') or β ('beta_t'): the runner logs null otherwise."""
+        train = [r for r in self.rows if "lr" in r]
+        return not train or any(r.get(series) is not None for r in train)
+
+    def value_at(self, step: int | None) -> float | None:
+        """Metric of the last evaluation at or before `step` (None = the final evaluation).
+
+        A run that has not logged `step` yet has no value there: its last evaluation would
+        pass off an earlier, worse number as the one at `step`.
+        """
+        if step is None:
+            step = self.get("train.steps")
+            last = self.evals[-1] if self.evals else None
+            return last[self.metric] if last and last["step"] == step else None
+        if not self.rows or self.rows[-1]["step"] < step:
+            return None
+        before = [r for r in self.evals if r["step"] <= step]
+        return before[-1][self.metric] if before else None
+
+    def best(self) -> dict | None:
+        if not self.evals:
+            return None
+        pick = min if self.lower_is_better else max
+        return pick(self.evals, key=lambda r: r[self.metric])
+
+    def steps_to(self, target: float) -> int | None:
+        """First evaluated step whose metric reaches `target` (≤ for losses, ≥ otherwise)."""
+        for row in self.evals:
+            value = row[self.metric]
+            if (value <= target) if self.lower_is_better else (value >= target):
+                return row["step"]
+        return None
+
+    def mean_align_cos2(self) -> float | None:
+        values = [r["align_cos2"] for r in self.rows if r.get("align_cos2") is not None]
+        return statistics.fmean(values) if values else None
+
+
+def override_key(override: str) -> str:
+    return override.partition("=")[0].lstrip("+~")
+
+
+def infer_metric(rows: list[dict], summary: dict) -> str:
+    """The run's headline metric: what the runner recorded, else the first one its rows carry."""
+    if summary.get("metric"):
+        return summary["metric"]
+    keys = {k for r in rows for k in r}
+    return next((m for m in ("accuracy", "f1") if m in keys), "loss")
+
+
+# ---- reading runs ------------------------------------------------------------------------------
+
+
+def read_rows(path: Path) -> list[dict]:
+    """metrics.jsonl rows; a half-written last line (a killed job) is dropped, not fatal."""
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def read_yaml(path: Path) -> Any:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=False) if path.exists() else None
+
+
+def load_run(folder: Path, root: Path, metric: str | None = None) -> Run:
+    """A run folder as the runner leaves it; summary.json first, Hydra's files where it is missing."""
+    summary = json.loads((folder / "summary.json").read_text()) if (folder / "summary.json").exists() else {}
+    rows = read_rows(folder / "metrics.jsonl")
+    config = (
+        summary.get("config") or read_yaml(folder / "config.yaml") or read_yaml(folder / ".hydra/config.yaml")
+    )
+    overrides = summary.get("overrides") or read_yaml(folder / ".hydra/overrides.yaml") or []
+    return Run(
+        name=str(folder.relative_to(root)),
+        config=config or {},
+        overrides=[str(o) for o in overrides],
+        status=summary.get("status", "unknown"),
+        rows=rows,
+        metric=metric or infer_metric(rows, summary),
+        s_per_step=summary.get("s_per_step"),
+        peak_mem_mib=summary.get("peak_mem_mib"),
+    )
+
+
+def collect_runs(sweep_dir: Path, metric: str | None = None) -> list[Run]:
+    """Every folder under `sweep_dir` (any depth, itself included) that holds a run's files."""
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise ReportError(f"{sweep_dir} is not a folder")
+    folders = {p.parent for name in ("summary.json", "metrics.jsonl") for p in sweep_dir.rglob(name)}
+    if not folders:
+        raise ReportError(f"no runs under {sweep_dir} (no summary.json or metrics.jsonl)")
+    return [load_run(f, sweep_dir, metric) for f in sorted(folders)]
+
+
+def wandb_runs(project: str, filters: dict | None = None, metric: str | None = None) -> list[Run]:
+    """The same runs read back from W&B: config, summary, and the full history.
+
+    The runner mirrors every metrics.jsonl row with `step` as W&B's step, and puts the
+    overrides into the config and status/s_per_step/peak_mem_mib into the summary.
+    """
+    try:
+        import wandb
+
+        api_runs = list(wandb.Api(timeout=30).runs(project, filters=filters or {}))
+        runs = []
+        for r in api_runs:
+            # one row per step: a resumed run may have logged a step twice; the later row counts
+            by_step = {
+                h["_step"]: {"step": h["_step"], **{k: v for k, v in h.items() if not k.startswith("_")}}
+                for h in r.scan_history()
+            }
+            rows = [by_step[s] for s in sorted(by_step)]
+            summary = dict(r.summary)
+            config = dict(r.config)
+            runs.append(
+                Run(
+                    name="/".join(r.path),
+                    config=config,
+                    overrides=[str(o) for o in config.get("overrides") or []],
+                    status=summary.get("status") or {"crashed": "failed"}.get(r.state, r.state),
+                    rows=rows,
+                    metric=metric or infer_metric(rows, summary),
+                    s_per_step=summary.get("s_per_step"),
+                    peak_mem_mib=summary.get("peak_mem_mib"),
+                )
+            )
+    except Exception as err:  # network, login, unknown project: all end the same way for a user
+        raise ReportError(
+            f"cannot read W&B project {project!r} ({type(err).__name__}: {err}); --from-wandb needs "
+            "network access and a W&B login (WANDB_API_KEY); offline, report on the run folders instead"
+        ) from err
+    if not runs:
+        raise ReportError(f"W&B project {project!r} has no runs matching {filters or {}}")
+    return runs
