@@ -9,7 +9,7 @@ import torch
 import transformers
 from torch import nn
 
-from zo import ZOError
+from zo import ZOError, noise
 from zo.flat import FlatParams
 from zo.noise import normal_at, positions, uniform_at
 from zo.optim import build
@@ -36,6 +36,15 @@ def test_noise_slices_are_slices_of_one_stream() -> None:
     u = uniform_at(positions(0, 100_000, CPU), seed=7)
     assert float(u.min()) >= 0.0 and float(u.max()) < 1.0
     assert float(u.double().mean()) == pytest.approx(0.5, abs=0.005)
+
+
+def test_eager_draws_in_pieces_give_the_whole_draw(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Op by op, draws go in pieces to bound their int64 temporaries; the numbers must not change."""
+    idx = positions(987, 1000, CPU).view(10, 100)
+    whole = normal_at(idx, 7), uniform_at(idx, 7)
+    monkeypatch.setattr(noise, "EAGER_PIECE", 64)  # 1000 = 15 pieces of 64 and one of 40
+    assert torch.equal(normal_at(idx, 7), whole[0]) and torch.equal(uniform_at(idx, 7), whole[1])
+    assert normal_at(idx, 7).shape == (10, 100)
 
 
 def all_finite(dtype: torch.dtype) -> torch.Tensor:

@@ -14,11 +14,14 @@ same numbers up to float rounding.
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 
 import torch
 
 _MASK64 = (1 << 64) - 1
+EAGER_PIECE = 1 << 20  # op by op (not compiled), draws go in pieces of this many indices
 
 
 def _signed(v: int) -> int:
@@ -67,6 +70,27 @@ def _unit24(bits: torch.Tensor) -> torch.Tensor:
     return bits.to(torch.int32).float() * 2.0**-24
 
 
+def _in_pieces(
+    draw: Callable[[torch.Tensor, int], torch.Tensor],
+) -> Callable[[torch.Tensor, int], torch.Tensor]:
+    """Run op by op, every step of the hash materialises an int64 tensor as large as idx: whole,
+    a draw would hold ~40 bytes per weight at once. In pieces it holds a piece's worth. Compiled,
+    the draw is one fused loop that materialises nothing, so it runs whole."""
+
+    @functools.wraps(draw)
+    def pieces(idx: torch.Tensor, seed: int) -> torch.Tensor:
+        if torch.compiler.is_compiling() or idx.numel() <= EAGER_PIECE:
+            return draw(idx, seed)
+        out = torch.empty(idx.shape, dtype=torch.float32, device=idx.device)
+        flat_idx, flat_out = idx.reshape(-1), out.view(-1)
+        for a in range(0, flat_idx.numel(), EAGER_PIECE):
+            flat_out[a : a + EAGER_PIECE] = draw(flat_idx[a : a + EAGER_PIECE], seed)
+        return out
+
+    return pieces
+
+
+@_in_pieces
 def normal_at(idx: torch.Tensor, seed: int) -> torch.Tensor:
     """Standard normal fp32 at each index (Box–Muller on two 24-bit halves of the hash).
 
@@ -78,6 +102,7 @@ def normal_at(idx: torch.Tensor, seed: int) -> torch.Tensor:
     return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos((2.0 * math.pi) * u2)
 
 
+@_in_pieces
 def uniform_at(idx: torch.Tensor, seed: int) -> torch.Tensor:
     """Uniform fp32 in [0, 1) at each index (24 bits: exactly representable)."""
     return _unit24(_shr(_hash(idx, seed), 40))
