@@ -244,18 +244,21 @@ def measure_memory(arch: str, dtype: torch.dtype, batch: int, seq: int, device) 
     model, loss_fn = workload(arch, dtype, batch, seq, device)
     with torch.no_grad():
         loss_fn()
-        resting = reset_peak(device)
-        loss_fn()
-        out = {"inference": (peak_mib(device), peak_mib(device) - resting)}
+        out = {"inference": peak_over(loss_fn, device)}
         for method, make in METHODS.items():
             step, close = make(model)
             step(loss_fn, 0)
-            resting = reset_peak(device)
-            for t in (1, 2):
-                step(loss_fn, t)
-            out[method] = (peak_mib(device), peak_mib(device) - resting)
+            out[method] = peak_over(lambda s=step: [s(loss_fn, t) for t in (1, 2)], device)
             close()
     return out
+
+
+def peak_over(fn: Callable[[], object], device: torch.device) -> tuple[float, float]:
+    """(peak, transient) in MiB while fn runs: transient is the peak minus what was resident before."""
+    resting = reset_peak(device)
+    fn()
+    peak = peak_mib(device)
+    return peak, peak - resting
 
 
 def memory_in_child(arch: str) -> dict:

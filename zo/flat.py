@@ -24,6 +24,11 @@ BLOCK_FRACTION = 24  # a module subtree is perturbed as one block when it holds 
 CONTAINERS = (nn.ModuleList, nn.ModuleDict)
 
 
+def block_limit(d: int) -> int:
+    """Most weights a block may hold; also the size above which a linear layer runs in chunks."""
+    return max(d // BLOCK_FRACTION, 1)
+
+
 @dataclass
 class Segment:
     """One parameter: its slice [start, start + numel) of buffer `group`."""
@@ -122,7 +127,7 @@ def blocks(model: nn.Module, params: list[nn.Parameter]) -> list[tuple[nn.Module
     forward of their own (their parent loops over them), so they always split.
     """
     wanted = {id(p) for p in params}
-    limit = max(sum(p.numel() for p in params) // BLOCK_FRACTION, 1)
+    limit = block_limit(sum(p.numel() for p in params))
     out: list[tuple[nn.Module, list[nn.Parameter]]] = []
 
     def visit(module: nn.Module) -> None:

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zo import ZOError
-from zo.flat import BLOCK_FRACTION, FlatParams, Run, Segment, blocks
+from zo.flat import FlatParams, Run, Segment, block_limit, blocks
 from zo.fused import kernel
 from zo.noise import mix, normal_at, positions
 
@@ -177,13 +177,15 @@ class ZOOptimizer:
     def direction(self, i: int) -> torch.Tensor:
         """This step's z restricted to parameter i, as fp32 with its shape (for tests and alignment)."""
         seg = self.flat.segments[i]
-        run = seg.run()
-        a, c = self.coefficients()
         zeros = torch.zeros(seg.numel, dtype=torch.float32, device=seg.param.device)
-        start = self.flat.slice(run)[1]
+        return self._along(zeros, seg.run(), 1.0).view(seg.param.shape)
+
+    def _along(self, x: torch.Tensor, run: Run, scale: float) -> torch.Tensor:
+        """x + scale·z, z this step's direction over the run, as one fresh tensor in x's dtype."""
+        a, c = self.coefficients()
         m = self._momentum_slice(run) if c != 0.0 else None
-        z = self.kernel(perturbed)(zeros, m, start, self.step_seed, a, c)
-        return z.view(seg.param.shape)
+        start = self.flat.slice(run)[1]
+        return self.kernel(perturbed)(x, m, start, self.step_seed, scale * a, scale * c)
 
     # ---- perturbation -------------------------------------------------------------------------
     def _install_hooks(self, model: nn.Module, hooked: list[tuple[nn.Module, list[Segment]]]) -> list:
@@ -194,7 +196,7 @@ class ZOOptimizer:
         Without them a tied embedding/head copy, often the largest tensor in the model, would stay
         alive for the whole forward.
         """
-        limit = max(self.d // BLOCK_FRACTION, 1)
+        limit = block_limit(self.d)
         handles: list = []
         own: dict[int, int] = {}  # id(module) -> id(weight) it perturbs itself
         for module in model.modules():
@@ -209,9 +211,10 @@ class ZOOptimizer:
                 own[id(module)] = id(seg.param)
         # A block stops swapping in a weight that a module inside it perturbs itself. A tied twin
         # elsewhere (the head of an embedding) still gets it from its own block.
+        inside = [{own.get(id(m)) for m in block.modules()} for block, _ in hooked]
         hooked = [
-            (block, [s for s in segments if id(s.param) not in {own.get(id(m)) for m in block.modules()}])
-            for block, segments in hooked
+            (block, [s for s in segments if id(s.param) not in done])
+            for (block, segments), done in zip(hooked, inside, strict=True)
         ]
         owners: dict[int, int] = {}
         for _, segments in hooked:
@@ -232,19 +235,20 @@ class ZOOptimizer:
         return handles
 
     def _perturbed(self, run: Run) -> torch.Tensor:
-        """The run's weights at x + scale·z, as one fresh tensor."""
-        a, c = self.coefficients()
-        x, start = self.flat.slice(run)
-        m = self._momentum_slice(run) if c != 0.0 else None
-        return self.kernel(perturbed)(x, m, start, self.step_seed, self._scale * a, self._scale * c)
+        """The run's weights at x ± λz, as one fresh tensor."""
+        return self._along(self.flat.slice(run)[0], run, self._scale)
 
     def _perturbing(self, seg: Segment) -> bool:
         """Whether seg's module must perturb it now (not when an enclosing module already did)."""
         if self._scale == 0.0 or id(seg.param) in self._active:
             return False
-        if self._touched is not None:
-            self._touched.add(id(seg.param))
+        self._mark(seg.param)
         return True
+
+    def _mark(self, param: nn.Parameter) -> None:
+        """Note that param was perturbed (on the first steps, for the coverage check)."""
+        if self._touched is not None:
+            self._touched.add(id(param))
 
     def _make_row_hook(self, seg: Segment):
         def row_hook(module: nn.Embedding, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
@@ -280,8 +284,7 @@ class ZOOptimizer:
     def _swap_in(self, s: Segment, values: torch.Tensor) -> None:
         self._active[id(s.param)] = (s.param, s.param.data)
         s.param.data = values.view_as(s.param)
-        if self._touched is not None:
-            self._touched.add(id(s.param))
+        self._mark(s.param)
 
     def _make_post_hook(self, runs: list[Run]):
         def post_hook(module: nn.Module, args: tuple, output: object) -> None:
