@@ -134,13 +134,7 @@ def ours(name: str, **options) -> Callable:
         opt = build(model, OptimConfig(name=name, lr=1e-7, eps=1e-3, **options), seed=0)
 
         def step(loss_fn: Callable[[], torch.Tensor], seed: int) -> None:
-            opt.begin_step(seed)
-            with opt.perturb(+1):
-                plus = loss_fn()
-            with opt.perturb(-1):
-                minus = loss_fn()
-            opt.estimate(float(plus), float(minus))
-            opt.update(1e-7, 0.99)
+            opt.step(seed, lambda probe: float(loss_fn()), 1e-7, 0.99)
 
         return step, opt.close  # close: remove its hooks before the next method drives the model
 

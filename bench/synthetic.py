@@ -49,14 +49,8 @@ def trajectory(method: str, setting: dict, seed: int, steps: int, d: int) -> lis
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         for t in range(1, steps + 1):
-            opt.begin_step(t)
-            with opt.perturb(+1):
-                plus = float(model())
-            with opt.perturb(-1):
-                minus = float(model())
             try:
-                opt.estimate(plus, minus)
-                opt.update(setting["lr"], beta)
+                opt.step(t, lambda probe: float(model()), setting["lr"], beta)
             except ZOError:  # diverged: this setting loses the search
                 return values + [math.inf] * (steps - len(values))
             values.append(float(model()))

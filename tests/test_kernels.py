@@ -138,13 +138,7 @@ def test_the_forward_sees_exactly_x_plus_lambda_z(name: str, layers: int) -> Non
     ids = torch.tensor([[5, 7, 5, 290, 0, 7]])
     with torch.no_grad():
         for t in range(1, 4):  # a momentum that is no longer pure noise
-            opt.begin_step(t)
-            with opt.perturb(+1):
-                plus = float(model(input_ids=ids, labels=ids).loss)
-            with opt.perturb(-1):
-                minus = float(model(input_ids=ids, labels=ids).loss)
-            opt.estimate(plus, minus)
-            opt.update(cfg.lr, 0.9)
+            opt.step(t, lambda probe: float(model(input_ids=ids, labels=ids).loss), cfg.lr, 0.9)
         opt.begin_step(4)
         clean = float(model(input_ids=ids, labels=ids).loss)
         with opt.perturb(+1):
@@ -165,13 +159,8 @@ def run_steps(name: str, dtype: torch.dtype, fused: bool, steps: int = 6) -> tup
     losses = []
     with torch.no_grad():
         for t in range(1, steps + 1):
-            opt.begin_step(t)
-            with opt.perturb(+1):
-                plus = float(model(input_ids=ids, labels=ids).loss)
-            with opt.perturb(-1):
-                minus = float(model(input_ids=ids, labels=ids).loss)
-            losses.append(opt.estimate(plus, minus))
-            opt.update(cfg.lr, 0.9)
+            opt.step(t, lambda probe: float(model(input_ids=ids, labels=ids).loss), cfg.lr, 0.9)
+            losses.append(opt.projected_grad)
     return losses, model
 
 

@@ -31,15 +31,9 @@ class Linear(nn.Module):
 
 
 def zo_step(opt, model: nn.Module, step: int, lr: float = 0.0, beta: float | None = 0.9) -> float:
-    opt.begin_step(step)
     with torch.no_grad():
-        with opt.perturb(+1):
-            plus = model().item()
-        with opt.perturb(-1):
-            minus = model().item()
-    proj = opt.estimate(plus, minus)
-    opt.update(lr, beta)
-    return proj
+        opt.step(step, lambda probe: model().item(), lr, beta)
+    return opt.projected_grad
 
 
 def mean_estimate(opt, model: Linear, n: int) -> torch.Tensor:
@@ -51,7 +45,7 @@ def mean_estimate(opt, model: Linear, n: int) -> torch.Tensor:
             plus = model().item()
         with torch.no_grad(), opt.perturb(-1):
             minus = model().item()
-        total += opt.estimate(plus, minus) * opt.direction(0)
+        total += opt.estimate([plus, minus]) * opt.direction(0)
     return total / n
 
 
@@ -188,7 +182,7 @@ def test_perturbation_restores_parameters_bitwise(dtype: torch.dtype, name: str)
         assert plus != minus  # the forwards really saw perturbed weights
         for b, p in zip(before, model.parameters(), strict=True):
             assert torch.equal(b.view(torch.uint8), p.detach().view(torch.uint8))
-        opt.estimate(plus, minus)
+        opt.estimate([plus, minus])
         opt.update(1e-3, 0.9)
 
 

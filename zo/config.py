@@ -7,11 +7,14 @@ values it accepts.
 
 from __future__ import annotations
 
-import math
+import dataclasses
+import typing
 
 from omegaconf import DictConfig, OmegaConf
 
+from zo import ZOError
 from zo.models import KINDS, ModelConfig
+from zo.optim import make_config
 from zo.optim import names as optimizer_names
 from zo.optim.base import DTYPES, OptimConfig
 
@@ -28,23 +31,17 @@ def _check(ok: bool, key: str, value: object, allowed: str) -> None:
 def validate(cfg: DictConfig) -> None:
     from data import TASKS
 
-    o, t, tr = cfg.optimizer, cfg.train, cfg.task
-    _check(o.name in optimizer_names(), "optimizer.name", o.name, "one of " + ", ".join(optimizer_names()))
-    _check(0.0 <= o.theta <= math.pi / 2, "optimizer.theta", o.theta, "0 <= theta <= pi/2 (radians)")
-    _check(0.0 <= o.beta < 1.0, "optimizer.beta", o.beta, "0 <= beta < 1")
-    _check(o.eps > 0, "optimizer.eps", o.eps, "eps > 0")
-    _check(o.lr >= 0, "optimizer.lr", o.lr, "lr >= 0")
-    _check(o.weight_decay >= 0, "optimizer.weight_decay", o.weight_decay, "weight_decay >= 0")
-    moms = [*DTYPES, "param"]
-    _check(
-        o.momentum_dtype in moms, "optimizer.momentum_dtype", o.momentum_dtype, "one of " + ", ".join(moms)
-    )
-    for key in ("unit_u", "stochastic_rounding", "fused"):
-        _check(isinstance(o[key], bool), f"optimizer.{key}", o[key], "true or false")
+    t, tr = cfg.train, cfg.task
+    o = optim_config(cfg)
+    for key, (ok, allowed) in o.checks().items():
+        _check(ok, f"optimizer.{key}", getattr(o, key), allowed)
     _check(t.steps >= 0, "train.steps", t.steps, "steps >= 0")
     _check(t.batch_size >= 1, "train.batch_size", t.batch_size, "batch_size >= 1")
     _check(t.eval_every >= 0, "train.eval_every", t.eval_every, "eval_every >= 0 (0 = only at start and end)")
     _check(t.eval_samples >= 1, "train.eval_samples", t.eval_samples, "eval_samples >= 1")
+    _check(t.dev_samples >= 0, "train.dev_samples", t.dev_samples, "dev_samples >= 0 (0 = no dev evaluation)")
+    losses = ("auto", "classification", "lm")
+    _check(tr.train_loss in losses, "task.train_loss", tr.train_loss, "one of " + ", ".join(losses))
     _check(t.device in ("auto", "cpu", "cuda"), "train.device", t.device, "auto, cpu or cuda")
     _check(tr.name in TASKS, "task.name", tr.name, "one of " + ", ".join(sorted(TASKS)))
     samplings = ("auto", "kshot", "fixed", "full")
@@ -60,8 +57,36 @@ def validate(cfg: DictConfig) -> None:
     )
 
 
+_KINDS = {float: (int, float), int: (int,), bool: (bool,), str: (str,)}
+
+
+def typed(cls: type, values: dict, prefix: str) -> dict:
+    """Check each value against the dataclass field's annotation (a number where a number belongs),
+    before any comparison could fail on it with a TypeError."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name not in values:
+            continue
+        want, value = hints[f.name], values[f.name]
+        kinds = _KINDS.get(want)
+        if kinds and (not isinstance(value, kinds) or (want is not bool and isinstance(value, bool))):
+            raise ConfigError(f"{prefix}.{f.name}={value} is invalid: allowed a {want.__name__}")
+    return values
+
+
 def optim_config(cfg: DictConfig) -> OptimConfig:
-    return OptimConfig(**OmegaConf.to_container(cfg.optimizer, resolve=True))
+    """The optimizer's own Config from `optimizer.*`: unknown names, unknown keys and wrong types
+    are ConfigErrors (exit 2)."""
+    values = OmegaConf.to_container(cfg.optimizer, resolve=True)
+    name = values.get("name")
+    if name not in optimizer_names():
+        raise ConfigError(f"optimizer.name={name} is invalid: allowed one of " + ", ".join(optimizer_names()))
+    try:
+        from zo.optim import get
+
+        return make_config(typed(get(name).Config, values, "optimizer"))
+    except ZOError as err:
+        raise ConfigError(str(err)) from err
 
 
 def model_config(cfg: DictConfig) -> ModelConfig:

@@ -3,9 +3,11 @@
 One objective per way a model answers:
 - `MaskedLM`: prompt with one mask, cross-entropy over the label words' logits
   at the mask (LM-BFF / MeZO's RoBERTa setting).
-- `CausalLM`: loss on the gold answer tokens; classification by the candidate
-  with the highest mean log-likelihood (MeZO's OPT setting); generation tasks
-  decode greedily and score token F1 / exact match.
+- `CausalLM`: candidates scored by their mean log-likelihood; trained either as
+  classification (cross-entropy over the candidates' scores, MeZO's
+  `--train_as_classification`, its OPT setting for classification tasks) or with the
+  next-token loss on the gold answer (`train_loss=lm`, MeZO's choice for ReCoRD,
+  COPA, SQuAD, DROP); generation tasks decode greedily and score token F1 / EM.
 - `Classifier`: a sequence-classification head (encoders without an MLM head).
 - `Synthetic`: the quadratic, whose forward already is the loss.
 
@@ -136,11 +138,16 @@ class MaskedLM(_Tokenized):
 class CausalLM(_Tokenized):
     """Causal LM scoring continuations; also the generation objective for `generate` tasks."""
 
-    def __init__(self, task: Task, tokenizer, max_length: int, max_new_tokens: int = 50) -> None:
+    def __init__(
+        self, task: Task, tokenizer, max_length: int, train_loss: str = "auto", max_new_tokens: int = 50
+    ) -> None:
         super().__init__(task, tokenizer, max_length)
         self.max_new_tokens = max_new_tokens
         if task.task_type == "generate":
             self.metric = "f1"
+        self.train_loss = default_train_loss(task) if train_loss == "auto" else train_loss
+        if self.train_loss == "classification" and task.task_type == "generate":
+            raise ZOError(f"task {task.name} generates answers: it trains with task.train_loss=lm")
 
     def _sequences(self, pairs: list[tuple[str, str]]) -> tuple[list[list[int]], list[int]]:
         """Token ids of context+continuation, and where the continuation starts (context cut on the left)."""
@@ -175,6 +182,9 @@ class CausalLM(_Tokenized):
         return self.task.causal_candidates(ex)[ex.label]
 
     def loss(self, model: nn.Module, batch: list[Example]) -> torch.Tensor:
+        if self.train_loss == "classification":  # what evaluation measures: the candidates' cross-entropy
+            labels = torch.tensor([ex.label for ex in batch], device=_device(model))
+            return F.nll_loss(self.scores(model, batch), labels)
         pairs = [(self.task.causal_prompt(ex), self._gold(ex)) for ex in batch]
         return -torch.cat(self.continuation_logprobs(model, pairs)).mean()
 
@@ -276,17 +286,25 @@ class Synthetic(Objective):
             return {"loss": float(model())}
 
 
-def build_objective(task: Task, kind: str, tokenizer, max_length: int) -> Objective:
+def default_train_loss(task: Task) -> str:
+    """MeZO's rule: classification tasks train as classification; per-example candidates (ReCoRD,
+    COPA) and generation train on the gold answer's tokens."""
+    return "classification" if task.task_type == "classify" else "lm"
+
+
+def build_objective(task: Task, kind: str, tokenizer, max_length: int, train_loss: str = "auto") -> Objective:
     if task.task_type == "synthetic" or kind == "quadratic":
         if not (task.task_type == "synthetic" and kind == "quadratic"):
             raise ZOError("task=quadratic and model=quadratic go together; set both or neither")
         return Synthetic()
     if task.task_type == "generate" and kind != "causal":
         raise ZOError(f"task {task.name} generates answers and needs a causal LM (model.kind=causal)")
+    if train_loss == "lm" and kind != "causal":
+        raise ZOError("task.train_loss=lm trains a causal LM on its answer tokens: use model.kind=causal")
     if kind == "mlm":
         return MaskedLM(task, tokenizer, max_length)
     if kind == "causal":
-        return CausalLM(task, tokenizer, max_length)
+        return CausalLM(task, tokenizer, max_length, train_loss)
     if task.task_type == "multiple_choice":
         raise ZOError(f"task {task.name} has per-example candidates; use a causal LM (model.kind=causal)")
     return Classifier(task, tokenizer, max_length)

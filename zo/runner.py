@@ -2,9 +2,13 @@
 
     load task, model, objective, optimizer   (or resume them from checkpoint.pt)
     evaluate once before training
-    for each step:  two perturbed forwards → projected gradient → update
+    for each step:  the optimizer's probe forwards → estimate → update
                     log a row; sometimes evaluate, check alignment, checkpoint
     evaluate at the end; write summary.json
+
+Each evaluation scores the dev split (which picks the best step, as MeZO selects its
+checkpoint) and the test split (which is reported): `best` is the step with the best
+dev metric and `test_at_best_dev` that step's test metric, beside the final test metric.
 
 Everything random is a function of (train.seed, step): the batch, the direction,
 the rounding. That is what makes a resumed run identical to an uninterrupted one.
@@ -28,8 +32,9 @@ from zo import ZOError, checkpoint
 from zo.config import model_config, optim_config
 from zo.models import load_model
 from zo.noise import mix
-from zo.objective import build_objective
+from zo.objective import Objective, batches, build_objective
 from zo.optim import build
+from zo.optim.base import Probe
 from zo.schedule import BetaSchedule
 from zo.tracking import MetricsLog, Progress, WandB, write_json
 
@@ -94,6 +99,19 @@ def alignment(model, objective, batch, optimizer) -> dict[str, float]:
     return {"align_cos": cos, "align_cos2": cos * cos, "inv_d": 1.0 / optimizer.d}
 
 
+def mean_loss(objective: Objective, model, examples: list, chunk: int, backward: bool) -> float:
+    """The loss's mean over `examples`, in forwards of at most `chunk` (the whole training set does
+    not fit one); with `backward`, gradients accumulate as those of that mean."""
+    parts = list(batches(examples, chunk)) if examples else [examples]  # the quadratic has no data
+    total = 0.0
+    for part in parts:
+        loss = objective.loss(model, part) * (len(part) / len(examples) if examples else 1.0)
+        if backward:
+            loss.backward()
+        total += float(loss)
+    return total
+
+
 class StopFlag:
     """SIGTERM/SIGINT ask the loop to checkpoint and leave after the current step."""
 
@@ -137,18 +155,35 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     data = load_data(cfg, task)
     model, tokenizer = load_model(model_config(cfg), task.num_labels, cfg.train.seed)
     model.to(device).eval()  # dropout off: f(x+λz) and f(x−λz) must see the same network
-    objective = build_objective(task, cfg.model.kind, tokenizer, cfg.task.max_length)
+    objective = build_objective(task, cfg.model.kind, tokenizer, cfg.task.max_length, cfg.task.train_loss)
     optimizer = build(model, optim_config(cfg), cfg.train.seed)
     schedule = BetaSchedule(
         beta_final=cfg.optimizer.beta, total_steps=cfg.train.steps, **OmegaConf.to_container(cfg.schedule)
     )
     eval_set = data.test[: cfg.train.eval_samples]
-    if task.task_type != "synthetic" and (not data.train or not eval_set):
+    dev_set = data.dev[: cfg.train.dev_samples]
+    synthetic = task.task_type == "synthetic"
+    if not synthetic and (not data.train or not eval_set):
         raise ZOError(f"task {task.name}: empty train or test split after sampling; check task.* sizes")
     steps, metric = cfg.train.steps, objective.metric
+    # What picks the best step: dev; the objective itself on the quadratic; nothing without a dev split
+    # (picking on test would report a selected test score as if it were held out).
+    select = f"dev_{metric}" if dev_set else (metric if synthetic else None)
+    lower_is_better = metric == "loss"
 
     def evaluate() -> dict[str, float]:
-        return objective.evaluate(model, eval_set, cfg.train.eval_batch_size)
+        scores = objective.evaluate(model, eval_set, cfg.train.eval_batch_size)
+        if dev_set:
+            scores |= {
+                f"dev_{k}": v
+                for k, v in objective.evaluate(model, dev_set, cfg.train.eval_batch_size).items()
+            }
+        return scores
+
+    def probe_loss(probe: Probe, batch: list) -> float:
+        examples = data.train if probe.data == "full" else batch
+        with torch.set_grad_enabled(probe.grad):
+            return mean_loss(objective, model, examples, cfg.train.eval_batch_size, backward=probe.grad)
 
     # ---- start or resume --------------------------------------------------------------------
     resumed = checkpoint.load(out_dir, model, optimizer) if cfg.resume else None
@@ -163,6 +198,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         "initial": previous.get("initial") if resumed else None,
         "final": None,
         "best": previous.get("best") if resumed else None,
+        "selected_on": "dev" if dev_set else ("objective" if synthetic else None),
+        "test_at_best_dev": previous.get("test_at_best_dev") if resumed else None,
         "s_per_step": None,
         "peak_mem_mib": None,
         "device": str(device),
@@ -181,11 +218,12 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         log.write({**row, "evaluated": True} if evaluated else row)
         wandb.log(row)
         progress.step(row, evaluated)
-        if not evaluated:
+        if not evaluated or select is None:
             return
-        best, value = summary["best"], row[metric]
-        if best is None or (value < best[metric] if metric == "loss" else value > best[metric]):
-            summary["best"] = {metric: value, "step": row["step"]}
+        best, value = summary["best"], row[select]
+        if best is None or (value < best[select] if lower_is_better else value > best[select]):
+            summary["best"] = {metric: row[metric], select: value, "step": row["step"]}
+            summary["test_at_best_dev"] = row[metric] if dev_set else None
 
     progress = Progress(steps, start, metric)
     if start == 0:
@@ -198,25 +236,18 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         for step in range(start + 1, steps + 1):
             t0 = time.perf_counter()
             batch = train_batch(data.train, cfg.train.batch_size, cfg.train.seed, step)
-            optimizer.begin_step(step)
-            with torch.no_grad():
-                with optimizer.perturb(+1):
-                    loss_plus = float(objective.loss(model, batch))
-                with optimizer.perturb(-1):
-                    loss_minus = float(objective.loss(model, batch))
-            projected = optimizer.estimate(loss_plus, loss_minus)
             beta = schedule(step) if optimizer.uses_beta else None
-            optimizer.update(cfg.optimizer.lr, beta)
+            losses = optimizer.step(step, lambda probe, b=batch: probe_loss(probe, b), cfg.optimizer.lr, beta)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             times.append(time.perf_counter() - t0)
             row = {
                 "step": step,
-                "loss": 0.5 * (loss_plus + loss_minus),
+                "loss": optimizer.logged_loss(losses),
                 "lr": cfg.optimizer.lr,
                 "beta_t": beta,
                 "theta": cfg.optimizer.theta if optimizer.name == "conmezo" else None,
-                "projected_grad": projected,
+                "projected_grad": optimizer.projected_grad,
                 "step_time_s": times[-1],
             }
             if cfg.log.align_every and step % cfg.log.align_every == 0:
@@ -235,8 +266,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
                 break
         else:
             summary["status"] = "finished"
+            kept = (metric, "em", "eval_loss")
             summary["final"] = summary["initial"] if steps == 0 else {
-                k: v for k, v in row.items() if k in (metric, "em", "eval_loss")}  # fmt: skip
+                k: v for k, v in row.items() if k.removeprefix("dev_") in kept}  # fmt: skip
     except SystemExit:  # submitit's preemption/timeout handler exits from inside the loop
         checkpoint.save(out_dir, model, optimizer, summary["step"], log.bytes)
         summary["status"] = "interrupted"

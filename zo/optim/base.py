@@ -1,17 +1,24 @@
 """The interface every ZO optimizer implements, and the machinery they share.
 
-One step of any optimizer here reads like the algorithm:
+One step of any optimizer here reads like the algorithm (`ZOOptimizer.step`):
 
     opt.begin_step(t)
-    with opt.perturb(+1): loss_plus = f(batch)     # forward at x + λz
-    with opt.perturb(-1): loss_minus = f(batch)    # forward at x - λz
-    opt.estimate(loss_plus, loss_minus)            # p = (f+ - f-) / 2λ
+    for probe in opt.probes():                     # MeZO: x + λz, x − λz
+        with opt.perturb(probe): losses.append(f(batch))
+    opt.estimate(losses)                           # p = (f+ - f-) / 2λ
     opt.update(lr, beta)                           # x, and any state, move along p·z
 
-Every direction here has the form z = a·n + c·m: n ~ N(0, I) regenerated from
+A `Probe` says where one forward looks: at x + scale·λ·z_k (scale 0 is x itself),
+on the batch or the whole training set, at the live weights or a snapshot, with or
+without a backward pass. MeZO asks for two; HiZOO three; LOREN K one-sided ones.
+
+The default direction has the form z = a·n + c·m: n ~ N(0, I) regenerated from
 the step seed by flat index (zo.noise), m the optimizer's momentum (c = 0 for
 MeZO). The parameters live in a few flat buffers (zo.flat), so a pass over them
 is one kernel per buffer, fused with the noise draw and the rounding (zo.fused).
+A method whose direction has another shape (low-rank U·Vᵀ, a learned covariance,
+1/√H scaling) overrides `block_weights` (and `embedding_rows`): the one question
+the block hooks ask the optimizer is "what are these weights at x + s·z?".
 
 Perturbation never writes the parameters. Forward hooks hand each block of
 modules (a transformer layer, say) a perturbed copy of its weights for the
@@ -21,14 +28,16 @@ two forwards the parameters are bitwise what they were before, in any dtype
 transient memory is one block's weights, never a model-sized z.
 
 Subclasses say what a and c are (`coefficients`) and how x and the state move
-(`update`, one fused kernel per buffer).
+(`update`, one fused kernel per buffer). Each has its own `Config` (a dataclass
+extending `OptimConfig` with the method's keys and their `checks`), which mirrors
+conf/optimizer/<name>.yaml.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import ClassVar
@@ -61,6 +70,40 @@ class OptimConfig:
     momentum_dtype: str = "fp32"  # fp32 | fp16 | bf16 | param: storage of the momentum buffer
     stochastic_rounding: bool = True  # round low-precision writes stochastically (unbiased)
     fused: bool = True  # torch.compile the passes over the weights (False: same math eagerly, slower)
+
+    def checks(self) -> dict[str, tuple[bool, str]]:
+        """key -> (value is allowed, what is allowed); `zo.config.validate` reports the first failure.
+        A subclass adds its own keys' ranges: `return super().checks() | {...}`."""
+        moms = [*DTYPES, "param"]
+        return {
+            "lr": (self.lr >= 0, "lr >= 0"),
+            "eps": (self.eps > 0, "eps > 0"),
+            "weight_decay": (self.weight_decay >= 0, "weight_decay >= 0"),
+            "beta": (0.0 <= self.beta < 1.0, "0 <= beta < 1"),
+            "theta": (0.0 <= self.theta <= math.pi / 2, "0 <= theta <= pi/2 (radians)"),
+            "momentum_dtype": (self.momentum_dtype in moms, "one of " + ", ".join(moms)),
+        }
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One forward of a step.
+
+    scale: the forward sees x + scale·λ·z_k (0: x itself);
+    k: which of the step's directions (LOREN's K queries, MEAZO's q pairs); z_0 is the step's z;
+    data: "batch" (the step's batch) or "full" (the whole training set, MeZO-SVRG's anchor);
+    at: "live" weights or the optimizer's "snapshot" (MeZO-SVRG's x̃);
+    grad: run a backward pass in this forward (first-order methods).
+    """
+
+    scale: float
+    k: int = 0
+    data: str = "batch"
+    at: str = "live"
+    grad: bool = False
+
+
+TWO_POINT = (Probe(+1.0), Probe(-1.0))
 
 
 def perturbed_at(
@@ -123,6 +166,7 @@ class ZOOptimizer:
     """Two-point zeroth-order optimizer over a module's trainable parameters."""
 
     name: ClassVar[str]
+    Config: ClassVar[type[OptimConfig]] = OptimConfig
     uses_beta: ClassVar[bool] = False
 
     def __init__(self, model: nn.Module, cfg: OptimConfig, seed: int) -> None:
@@ -139,6 +183,7 @@ class ZOOptimizer:
         self._zero_streak = 0
         self.momentum: list[torch.Tensor] | None = None  # one per flat buffer, for optimizers that keep one
         self._scale = 0.0
+        self.probe = TWO_POINT[0]  # the probe being evaluated (its k picks the direction)
         self._active: dict[int, tuple[nn.Parameter, torch.Tensor]] = {}
         self._touched: set[int] | None = None
         self._verified = False
@@ -157,10 +202,36 @@ class ZOOptimizer:
             handle.remove()
         self._hooks = []
 
+    # ---- one step ---------------------------------------------------------------------------
+    def step(self, t: int, loss_at: Callable[[Probe], float], lr: float, beta: float | None) -> list[float]:
+        """Step t: every probe's forward (`loss_at` evaluates the loss with the probe's weights in
+        place), the estimate, the update. Returns the probes' losses, in `probes()` order."""
+        self.begin_step(t)
+        losses = []
+        for probe in self.probes():
+            with self.perturb(probe):
+                losses.append(loss_at(probe))
+        self.estimate(losses)
+        self.update(lr, beta)
+        return losses
+
+    def probes(self) -> Sequence[Probe]:
+        """The forwards of this step (after `begin_step`): two-point by default."""
+        return TWO_POINT
+
+    def logged_loss(self, losses: Sequence[float]) -> float:
+        """The training loss a step reports: the mean over its probes."""
+        return sum(losses) / len(losses)
+
     # ---- directions ---------------------------------------------------------------------------
     def begin_step(self, step: int) -> None:
         """Fix the step's randomness: everything drawn this step is a function of (seed, step)."""
         self.step_seed = mix(self.seed, step)
+
+    def noise_seed(self) -> int:
+        """Seed of the current probe's direction z_k: z_0 uses the step seed itself."""
+        k = self.probe.k
+        return self.step_seed if k == 0 else mix(self.step_seed, 0xD12EC7, k)
 
     def round_seed(self, salt: int) -> int:
         """Seed of the stochastic-rounding draws of this step's writes (1: weights, 2: momentum)."""
@@ -175,17 +246,32 @@ class ZOOptimizer:
         return None if self.momentum is None else self.momentum[run.group][run.start : run.end]
 
     def direction(self, i: int) -> torch.Tensor:
-        """This step's z restricted to parameter i, as fp32 with its shape (for tests and alignment)."""
+        """The current probe's z restricted to parameter i, as fp32 with its shape (tests, alignment)."""
         seg = self.flat.segments[i]
         zeros = torch.zeros(seg.numel, dtype=torch.float32, device=seg.param.device)
-        return self._along(zeros, seg.run(), 1.0).view(seg.param.shape)
+        return self.block_weights(zeros, seg.run(), 1.0).view(seg.param.shape)
 
-    def _along(self, x: torch.Tensor, run: Run, scale: float) -> torch.Tensor:
-        """x + scale·z, z this step's direction over the run, as one fresh tensor in x's dtype."""
+    def block_weights(self, x: torch.Tensor, run: Run, scale: float) -> torch.Tensor:
+        """x + scale·z over `run`, as one fresh tensor in x's dtype: what a block hook asks for.
+
+        `x` holds the run's values (the weights, or zeros for `direction`). The run is whole
+        segments of one buffer, or a range of whole rows of one segment (a chunked head). A method
+        whose z is not a·n + c·m elementwise overrides this (and `embedding_rows`).
+        """
         a, c = self.coefficients()
         m = self._momentum_slice(run) if c != 0.0 else None
         start = self.flat.slice(run)[1]
-        return self.kernel(perturbed)(x, m, start, self.step_seed, scale * a, scale * c)
+        return self.kernel(perturbed)(x, m, start, self.noise_seed(), scale * a, scale * c)
+
+    def embedding_rows(
+        self, rows: torch.Tensor, ids: torch.Tensor, seg: Segment, scale: float
+    ) -> torch.Tensor:
+        """Rows `ids` of embedding seg at x + scale·z, given its unperturbed rows (the lookup's output)."""
+        a, c = self.coefficients()
+        run = seg.run()
+        m = self._momentum_slice(run).view(seg.param.shape) if c != 0.0 else None
+        start = self.flat.slice(run)[1]
+        return self.kernel(perturbed_rows)(rows, m, ids, start, self.noise_seed(), scale * a, scale * c)
 
     # ---- perturbation -------------------------------------------------------------------------
     def _install_hooks(self, model: nn.Module, hooked: list[tuple[nn.Module, list[Segment]]]) -> list:
@@ -236,7 +322,11 @@ class ZOOptimizer:
 
     def _perturbed(self, run: Run) -> torch.Tensor:
         """The run's weights at x ± λz, as one fresh tensor."""
-        return self._along(self.flat.slice(run)[0], run, self._scale)
+        return self.block_weights(self.base_weights(run), run, self._scale)
+
+    def base_weights(self, run: Run) -> torch.Tensor:
+        """The weights a perturbed forward starts from: the live ones (MeZO-SVRG: its snapshot)."""
+        return self.flat.slice(run)[0]
 
     def _perturbing(self, seg: Segment) -> bool:
         """Whether seg's module must perturb it now (not when an enclosing module already did)."""
@@ -254,12 +344,7 @@ class ZOOptimizer:
         def row_hook(module: nn.Embedding, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
             if not self._perturbing(seg):
                 return None
-            a, c = self.coefficients()
-            run = seg.run()
-            m = self._momentum_slice(run).view(seg.param.shape) if c != 0.0 else None
-            start = self.flat.slice(run)[1]
-            rows = self.kernel(perturbed_rows)
-            return rows(output, m, args[0], start, self.step_seed, self._scale * a, self._scale * c)
+            return self.embedding_rows(output, args[0], seg, self._scale)
 
         return row_hook
 
@@ -297,9 +382,11 @@ class ZOOptimizer:
         return post_hook
 
     @contextmanager
-    def perturb(self, sign: float) -> Iterator[None]:
-        """Inside this block, forwards see x + sign·λ·z; the parameters themselves never change."""
-        self._scale = sign * self.cfg.eps
+    def perturb(self, probe: Probe | float) -> Iterator[None]:
+        """Inside this block, forwards see the probe's weights (x + scale·λ·z_k); the parameters
+        themselves never change. A bare number is the scale of a probe along z_0."""
+        self.probe = probe if isinstance(probe, Probe) else Probe(float(probe))
+        self._scale = self.probe.scale * self.cfg.eps
         self._touched = None if self._verified else set()
         try:
             yield
@@ -324,14 +411,23 @@ class ZOOptimizer:
         self._verified = True
 
     # ---- estimate and update ------------------------------------------------------------------
-    def estimate(self, loss_plus: float, loss_minus: float) -> float:
-        """Projected gradient p = (f(x+λz) − f(x−λz)) / 2λ, the step size along z."""
-        if not (math.isfinite(loss_plus) and math.isfinite(loss_minus)):
+    def estimate(self, losses: Sequence[float]) -> float:
+        """Projected gradient p = (f(x+λz) − f(x−λz)) / 2λ, the step size along z (losses in
+        `probes()` order). Subclasses with other probes override it and call `note_estimate`."""
+        self.check_finite(losses)
+        return self.note_estimate((losses[0] - losses[1]) / (2.0 * self.cfg.eps))
+
+    def check_finite(self, losses: Sequence[float]) -> None:
+        if not all(math.isfinite(v) for v in losses):
+            shown = ", ".join(f"{v:.6g}" for v in losses)
             raise ZOError(
-                f"loss is not finite (f+ = {loss_plus}, f- = {loss_minus}); lower optimizer.lr or "
+                f"loss is not finite (probes: {shown}); lower optimizer.lr or "
                 "optimizer.eps, or use model.dtype=fp32; the last checkpoint and metrics are kept"
             )
-        self.projected_grad = (loss_plus - loss_minus) / (2.0 * self.cfg.eps)
+
+    def note_estimate(self, projected: float) -> float:
+        """Record the step's projected gradient (logged per step) and watch for a stalled run."""
+        self.projected_grad = projected
         self._zero_streak = self._zero_streak + 1 if self.projected_grad == 0.0 else 0
         if self._zero_streak == STALL_STEPS:
             warnings.warn(

@@ -1,0 +1,44 @@
+"""Every registered optimizer through the real runner: it lowers the quadratic, and a run stopped by
+SIGINT and resumed equals the uninterrupted one (so its state is all in the checkpoint)."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+
+import zo.runner
+from tests.conftest import QUAD, TINY, read_metrics, run_inprocess
+from zo.optim import names
+
+
+@pytest.mark.parametrize("name", names())
+def test_quadratic_goes_down_in_300_steps(tmp_path: Path, name: str) -> None:
+    summary = run_inprocess([*QUAD, f"optimizer={name}", "train.steps=300"], tmp_path)
+    assert summary["status"] == "finished"
+    assert summary["final"]["loss"] < 0.9 * summary["initial"]["loss"], name
+
+
+@pytest.mark.parametrize("name", names())
+def test_resume_after_sigint_equals_uninterrupted(
+    tmp_path: Path, needs_shared: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    args = [*TINY, f"optimizer={name}", "train.steps=6", "train.eval_every=3", "optimizer.fused=false"]
+    run_inprocess(args, tmp_path / "whole")
+    batch = zo.runner.train_batch
+
+    def interrupted_at_3(train, size, seed, step):
+        if step == 3:
+            signal.raise_signal(signal.SIGINT)  # the handler asks the loop to stop after this step
+        return batch(train, size, seed, step)
+
+    monkeypatch.setattr(zo.runner, "train_batch", interrupted_at_3)
+    stopped = run_inprocess(args, tmp_path / "split")
+    assert stopped["status"] == "interrupted" and stopped["step"] == 3
+    monkeypatch.setattr(zo.runner, "train_batch", batch)
+    resumed = run_inprocess(args, tmp_path / "split")
+    assert resumed["status"] == "finished"
+    assert read_metrics(tmp_path / "split" / "metrics.jsonl") == read_metrics(
+        tmp_path / "whole" / "metrics.jsonl"
+    )
