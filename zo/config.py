@@ -84,9 +84,13 @@ def optim_config(cfg: DictConfig) -> OptimConfig:
     try:
         from zo.optim import get
 
-        return make_config(typed(get(name).Config, values, "optimizer"))
+        cls = get(name)
+        o = make_config(typed(cls.Config, values, "optimizer"))
     except ZOError as err:
         raise ConfigError(str(err)) from err
+    if o.queries > 1 and not cls.supports_queries:
+        raise ConfigError(f"optimizer.queries={o.queries} is invalid: {name} takes one probe pair a step (1)")
+    return o
 
 
 def model_config(cfg: DictConfig) -> ModelConfig:

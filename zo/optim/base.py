@@ -70,6 +70,7 @@ class OptimConfig:
     momentum_dtype: str = "fp32"  # fp32 | fp16 | bf16 | param: storage of the momentum buffer
     stochastic_rounding: bool = True  # round low-precision writes stochastically (unbiased)
     fused: bool = True  # torch.compile the passes over the weights (False: same math eagerly, slower)
+    queries: int = 1  # probe pairs (or probes) per step, for the methods that take several
 
     def checks(self) -> dict[str, tuple[bool, str]]:
         """key -> (value is allowed, what is allowed); `zo.config.validate` reports the first failure.
@@ -82,6 +83,7 @@ class OptimConfig:
             "beta": (0.0 <= self.beta < 1.0, "0 <= beta < 1"),
             "theta": (0.0 <= self.theta <= math.pi / 2, "0 <= theta <= pi/2 (radians)"),
             "momentum_dtype": (self.momentum_dtype in moms, "one of " + ", ".join(moms)),
+            "queries": (self.queries >= 1, "queries >= 1"),
         }
 
 
@@ -167,7 +169,8 @@ class ZOOptimizer:
 
     name: ClassVar[str]
     Config: ClassVar[type[OptimConfig]] = OptimConfig
-    uses_beta: ClassVar[bool] = False
+    uses_beta: ClassVar[bool] = False  # the runner passes β_t from the schedule to `update`
+    supports_queries: ClassVar[bool] = False  # takes optimizer.queries > 1
 
     def __init__(self, model: nn.Module, cfg: OptimConfig, seed: int) -> None:
         self.cfg = cfg
@@ -387,7 +390,8 @@ class ZOOptimizer:
         themselves never change. A bare number is the scale of a probe along z_0."""
         self.probe = probe if isinstance(probe, Probe) else Probe(float(probe))
         self._scale = self.probe.scale * self.cfg.eps
-        self._touched = None if self._verified else set()
+        # Coverage is learnt from the first perturbed forward (a probe at x itself perturbs nothing).
+        self._touched = None if self._verified or self._scale == 0.0 else set()
         try:
             yield
         finally:
