@@ -10,7 +10,18 @@ from hydra import compose, initialize_config_dir
 from data import TASKS
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-KEYS = {"name", "sampling", "k", "num_train", "num_dev", "num_test", "test_cap", "data_seed", "max_length"}
+KEYS = {
+    "name",
+    "sampling",
+    "k",
+    "num_train",
+    "num_dev",
+    "num_test",
+    "test_cap",
+    "data_seed",
+    "max_length",
+    "train_loss",
+}
 
 
 def task_config(name: str):
