@@ -58,6 +58,7 @@ def validate(cfg: DictConfig) -> None:
 
 
 _KINDS = {float: (int, float), int: (int,), bool: (bool,), str: (str,)}
+_WORDS = {float: "a number", int: "an integer", bool: "true or false", str: "a string"}
 
 
 def typed(cls: type, values: dict, prefix: str) -> dict:
@@ -70,7 +71,7 @@ def typed(cls: type, values: dict, prefix: str) -> dict:
         want, value = hints[f.name], values[f.name]
         kinds = _KINDS.get(want)
         if kinds and (not isinstance(value, kinds) or (want is not bool and isinstance(value, bool))):
-            raise ConfigError(f"{prefix}.{f.name}={value} is invalid: allowed a {want.__name__}")
+            raise ConfigError(f"{prefix}.{f.name}={value} is invalid: allowed {_WORDS[want]}")
     return values
 
 
