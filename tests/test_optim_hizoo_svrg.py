@@ -1,0 +1,200 @@
+"""HiZOO and MeZO-SVRG against the doc's worked example and hand computation, exact restore, state."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import zo.optim.base
+import zo.optim.hizoo
+import zo.optim.mezo
+import zo.optim.mezo_svrg
+from tests.conftest import compose
+from tests.test_kernels import tiny_llama
+from tests.test_optim import TwoLayer
+from zo.config import ConfigError, validate
+from zo.noise import mix
+from zo.optim import build, get
+from zo.optim.base import OptimConfig, Probe
+from zo.quadratic import Quadratic
+
+
+class Bowl(nn.Module):
+    """f = ½(a₁x₁² + a₂x₂²) (a: the full-data curvatures, b: a batch's), recording the x each forward saw.
+
+    fp64 weights: an fp32 loss of ~2.5 is off by ~2e-7, which HiZOO's 1/(2ε²) = 50 would carry into H."""
+
+    def __init__(self, a: tuple[float, float], b: tuple[float, float] = (0.0, 0.0)) -> None:
+        super().__init__()
+        self.x = nn.Parameter(torch.ones(2, dtype=torch.float64))
+        self.a, self.b = torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64)
+        self.seen: list[tuple[str, list[float]]] = []
+
+    def forward(self, data: str = "full") -> torch.Tensor:
+        self.seen.append((data, self.x.detach().tolist()))
+        return 0.5 * ((self.a if data == "full" else self.b) * self.x**2).sum()
+
+
+def close_to(seen: list, expected: list) -> None:
+    """The weights some forwards saw (Bowl.seen entries) against their hand-computed values."""
+    actual = torch.tensor([x for _, x in seen], dtype=torch.float64)
+    torch.testing.assert_close(actual, torch.tensor(expected, dtype=torch.float64), atol=1e-6, rtol=0)
+
+
+def config(name: str, **values) -> OptimConfig:
+    """The optimizer's own Config, eager. HiZOO gets a strong α, so that H moves visibly in a few steps;
+    MeZO-SVRG's anchors the tests' lr (1e-2), as its YAML sets lr_full to lr."""
+    own = {"hizoo": {"hessian_smooth": 0.5}, "mezo_svrg": {"lr_full": 1e-2}}[name]
+    return get(name).Config(name=name, fused=False, **(own | values))
+
+
+def fixed_noise(monkeypatch: pytest.MonkeyPatch, modules: list, table: dict[int, list[float]]) -> None:
+    """Make the noise of seed s the vector table[s] (indexed by flat position) in the given modules."""
+
+    def noise(idx: torch.Tensor, seed: int) -> torch.Tensor:
+        return torch.tensor(table[seed], dtype=torch.float32)[idx]
+
+    for module in modules:
+        monkeypatch.setattr(module, "normal_at", noise)
+
+
+def test_hizoo_reproduces_the_doc_example(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Doc §2: f = ½(x₁² + 4x₂²), x = (1, 1), H = 1, u = (1, −1), ε = 0.1, α = 0.5, η = 0.1."""
+    model = Bowl(a=(1.0, 4.0))
+    opt = build(model, config("hizoo", eps=0.1), seed=0)  # α = 0.5
+    fixed_noise(monkeypatch, [zo.optim.hizoo], {mix(0, t): [1.0, -1.0] for t in (1, 2)})
+    with torch.no_grad():
+        losses = opt.step(1, lambda probe: model().item(), 0.1, None)
+    assert losses == pytest.approx([2.5, 2.225, 2.825], abs=1e-6)
+    assert opt.logged_loss(losses) == pytest.approx(2.5, abs=1e-6)  # L₀, the loss at x
+    assert opt.projected_grad == pytest.approx(-3.0, abs=1e-5)
+    assert opt.hessian[0].tolist() == pytest.approx([1.75, 1.75], abs=1e-6)
+    assert model.x.tolist() == pytest.approx([1.226779, 0.773221], abs=1e-6)
+    close_to(model.seen, [[1, 1], [1.1, 0.9], [0.9, 1.1]])
+    # The next step's forwards see x ± ε u/√H with the H the update left.
+    model.seen.clear()
+    with torch.no_grad():
+        opt.step(2, lambda probe: model().item(), 0.1, None)
+    shift = 0.1 / 1.75**0.5
+    x1, x2 = 1.226779, 0.773221
+    expected = [[x1, x2], [x1 + shift, x2 - shift], [x1 - shift, x2 + shift]]
+    close_to(model.seen, expected)
+
+
+def test_hizoo_without_smoothing_is_refused_as_mezo() -> None:
+    with pytest.raises(ConfigError, match=r"optimizer.hessian_smooth=0 .*use optimizer=mezo"):
+        validate(compose(["optimizer=hizoo", "optimizer.hessian_smooth=0"]))
+
+
+def test_svrg_anchor_and_minibatch_steps_by_hand(monkeypatch: pytest.MonkeyPatch) -> None:
+    """q = 3: anchor at step 1, two corrected steps at the one snapshot, a new anchor at step 4.
+
+    Full loss F = ½(x₁² + 4x₂²), batch loss f_B = ½(2x₁² + x₂²); central differences are exact on a
+    quadratic, so every c is ∇·z. ε = 0.1, η_fb = 0.1, η_mb = 0.05, x₀ = (1, 1).
+    """
+    model = Bowl(a=(1.0, 4.0), b=(2.0, 1.0))
+    opt = build(model, config("mezo_svrg", eps=0.1, lr_full=0.1, anchor_every=3), seed=0)
+    z = {1: [1.0, -1.0], 2: [0.5, 2.0], 3: [-1.0, 0.5], 4: [2.0, 1.0]}
+    fixed_noise(
+        monkeypatch, [zo.optim.base, zo.optim.mezo, zo.optim.mezo_svrg], {mix(0, t): v for t, v in z.items()}
+    )
+    xs, snapshots, seen = [], [], []
+    with torch.no_grad():
+        for t in range(1, 5):
+            model.seen.clear()
+            opt.step(t, lambda probe: model(probe.data).item(), 0.05, None)
+            xs.append(model.x.tolist())
+            snapshots.append(opt.snapshot[0].tolist())
+            seen.append(list(model.seen))
+    # Step 1, anchor: c = ∇F(1, 1)·z₁ = (1, 4)·(1, −1) = −3; x̃ = (1, 1); x₁ = x₀ + 0.3 z₁.
+    assert [d for d, _ in seen[0]] == ["full", "full"]
+    assert xs[0] == pytest.approx([1.3, 0.7], abs=1e-6)
+    # Step 2: c_B(x₁) = (2.6, 0.7)·z₂ = 2.7, c_B(x̃) = (2, 1)·z₂ = 3;
+    # x₂ = x₁ − 0.05 [(2.7 − 3) z₂ + (−3) z₁] = (1.3, 0.7) − 0.05 (−3.15, 2.4).
+    assert [d for d, _ in seen[1]] == ["batch"] * 4
+    close_to(seen[1][2:], [[1.05, 1.2], [0.95, 0.8]])  # x̃ ± εz₂
+    assert xs[1] == pytest.approx([1.4575, 0.58], abs=1e-6)
+    # Step 3, same snapshot and G: c_B(x₂) = (2.915, 0.58)·z₃ = −2.625, c_B(x̃) = −1.5;
+    # x₃ = x₂ − 0.05 [(−1.125) z₃ + (−3) z₁] = x₂ − 0.05 (−1.875, 2.4375).
+    close_to(seen[2][2:], [[0.9, 1.05], [1.1, 0.95]])  # x̃ ± εz₃
+    assert xs[2] == pytest.approx([1.55125, 0.458125], abs=1e-6)
+    assert snapshots[:3] == [[1.0, 1.0]] * 3
+    # Step 4, a new anchor at x₃: c = ∇F(x₃)·z₄ = (1.55125, 1.8325)·(2, 1) = 4.935.
+    assert [d for d, _ in seen[3]] == ["full", "full"]
+    assert snapshots[3] == xs[2]
+    assert xs[3] == pytest.approx([1.55125 - 0.987, 0.458125 - 0.4935], abs=1e-6)
+    assert opt.logged_loss([1.0, 3.0, 10.0, 20.0]) == 2.0  # the probes at x, not the snapshot's
+
+
+@pytest.mark.parametrize("name", ["hizoo", "mezo_svrg"])
+def test_probes_restore_parameters_bitwise_in_bf16(name: str) -> None:
+    model = TwoLayer(torch.bfloat16)
+    opt = build(model, config(name, eps=1e-2), seed=0)
+    for t in range(1, 11):
+        before = [p.detach().clone() for p in model.parameters()]
+        opt.begin_step(t)
+        losses = []
+        with torch.no_grad():
+            for probe in opt.probes():
+                with opt.perturb(probe):
+                    losses.append(model().item())
+        assert losses[0] != losses[1]  # the forwards really saw perturbed weights
+        for b, p in zip(before, model.parameters(), strict=True):
+            assert torch.equal(b.view(torch.uint8), p.detach().view(torch.uint8))
+        opt.estimate(losses)
+        opt.update(1e-2, None)
+
+
+@pytest.mark.parametrize("layers", [4, 30])  # the tied head bigger than a block (chunked), or not
+@pytest.mark.parametrize("name", ["hizoo", "mezo_svrg"])
+def test_the_forward_sees_exactly_its_probe_weights(name: str, layers: int) -> None:
+    """Blocks, embedding rows and head chunks together: HiZOO's forward sees x + ε u/√H with an H
+    that is no longer 1; MeZO-SVRG's snapshot probe sees x̃ + εz with x̃ no longer x."""
+    model = tiny_llama(torch.float32, layers)
+    opt = build(model, config(name, eps=1e-2), seed=1)
+    ids = torch.tensor([[5, 7, 5, 290, 0, 7]])
+    with torch.no_grad():
+        for t in range(1, 3):
+            opt.step(t, lambda probe: float(model(input_ids=ids, labels=ids).loss), 1e-2, None)
+        probe = Probe(+1.0, at="snapshot" if name == "mezo_svrg" else "live")
+        opt.begin_step(3)
+        with opt.perturb(probe):
+            hooked = float(model(input_ids=ids, labels=ids).loss)
+            direction = [opt.direction(i) for i in range(len(opt.params))]
+        if name == "hizoo":
+            assert float(opt.hessian[0].std()) > 0.1  # H really scales the direction
+        clean = float(model(input_ids=ids, labels=ids).loss)
+        opt.close()  # no hooks: set the weights by hand
+        for seg, z in zip(opt.flat.segments, direction, strict=True):
+            seg.param.copy_(opt.base_weights(seg.run()).view_as(z) + opt.cfg.eps * z)
+        manual = float(model(input_ids=ids, labels=ids).loss)
+    assert abs(hooked - clean) > 1e-3
+    assert hooked == pytest.approx(manual, rel=1e-6, abs=0.0)
+
+
+@pytest.mark.parametrize("name", ["hizoo", "mezo_svrg"])
+def test_state_round_trip_continues_exactly(name: str) -> None:
+    """An optimizer rebuilt from state_dict (and the weights) continues bitwise like the original."""
+
+    def quadratic_steps(model, opt, steps: range) -> None:
+        with torch.no_grad():
+            for t in steps:
+                opt.step(t, lambda probe: model().item(), 1e-2, None)
+
+    cfg = config(name, eps=1e-2)
+    model = Quadratic(d=40, seed=0)
+    opt = build(model, cfg, seed=3)
+    quadratic_steps(model, opt, range(1, 4))  # ends after an anchor for SVRG (q = 2): 1 and 3
+    state, weights = copy.deepcopy(opt.state_dict()), model.x.detach().clone()
+    twin = Quadratic(d=40, seed=1)
+    twin_opt = build(twin, cfg, seed=3)
+    with torch.no_grad():
+        twin.x.copy_(weights)
+    twin_opt.load_state_dict(state)
+    quadratic_steps(model, opt, range(4, 8))
+    quadratic_steps(twin, twin_opt, range(4, 8))
+    assert torch.equal(model.x, twin.x)
+    assert not torch.equal(model.x, weights)
