@@ -77,6 +77,36 @@ def test_single_token_fast_path_equals_sequence_scoring(smollm2) -> None:
     torch.testing.assert_close(fast, slow, atol=1e-4, rtol=1e-4)
 
 
+def test_classification_training_loss_is_the_candidates_cross_entropy(smollm2) -> None:
+    """MeZO's --train_as_classification: the trained loss is what evaluation's eval_loss measures."""
+    model, tok = smollm2
+    task = build_task("bbcnews")
+    examples = task.load_split("test", None)[:4]
+    as_cls, as_lm = CausalLM(task, tok, 96, "classification"), CausalLM(task, tok, 96, "lm")
+    assert CausalLM(task, tok, 96).train_loss == "classification"  # auto, for a classify task
+    with torch.no_grad():
+        cls_loss, lm_loss = float(as_cls.loss(model, examples)), float(as_lm.loss(model, examples))
+    assert cls_loss == pytest.approx(as_cls.evaluate(model, examples, 4)["eval_loss"], rel=1e-5)
+    assert (
+        abs(cls_loss - lm_loss) > 1e-2
+    )  # the gold word's LM loss over the whole vocabulary is another number
+
+
+def test_train_loss_defaults_follow_mezo_and_generation_refuses_classification(smollm2) -> None:
+    from zo import ZOError
+    from zo.objective import build_objective, default_train_loss
+
+    _, tok = smollm2
+    assert [default_train_loss(build_task(n)) for n in ("sst2", "rte", "record", "squad")] == [
+        "classification",
+        "classification",
+        "lm",
+        "lm",
+    ]
+    with pytest.raises(ZOError, match="generates answers"):
+        build_objective(build_task("squad"), "causal", tok, 64, "classification")
+
+
 def test_zero_shot_smollm2_beats_chance_on_sst2(smollm2, needs_shared: Path) -> None:
     model, tok = smollm2
     task = build_task("sst2_review")
@@ -100,6 +130,9 @@ def test_default_model_runs_a_few_real_steps(tmp_path: Path) -> None:
     assert 0.0 <= summary["final"]["accuracy"] <= 1.0 and summary["data"]["task"] == "bbcnews"
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1, 2] and all(r["loss"] > 0 for r in rows[1:])
+    assert {"dev_accuracy", "dev_eval_loss", "accuracy"} <= set(rows[0]) and summary["selected_on"] == "dev"
+    best = summary["best"]
+    assert summary["test_at_best_dev"] == rows[best["step"]]["accuracy"] == best["accuracy"]
 
 
 def test_classification_head_run_on_minilm(tmp_path: Path, needs_shared: Path) -> None:

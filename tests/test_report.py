@@ -30,6 +30,11 @@ def accuracy(theta: float | None, beta: float | None, seed: int, step: int) -> f
     return 0.2 + step / 1000 * speed + 0.01 * seed
 
 
+def dev_accuracy(step: int) -> float:
+    """Dev peaks at step 60 for every run, while test keeps rising: selection must follow dev."""
+    return 0.5 - abs(step - 60) / 1000
+
+
 def train_loss(seed: int, step: int) -> float:
     return 2.0 - step / 100 + 0.1 * seed
 
@@ -52,12 +57,23 @@ def write_run(
         "model": {"name": "roberta-large"},
         "train": {"steps": STEPS, "seed": seed, "eval_every": EVAL_EVERY},
     }
-    rows = [{"step": 0, "accuracy": accuracy(theta, beta, seed, 0), "eval_loss": 1.0}]
+    rows = [
+        {
+            "step": 0,
+            "accuracy": accuracy(theta, beta, seed, 0),
+            "eval_loss": 1.0,
+            "dev_accuracy": dev_accuracy(0),
+        }
+    ]
     for step in range(1, last + 1):
         row = {"step": step, "loss": train_loss(seed, step), "lr": 1e-6, "beta_t": beta, "theta": theta,
                "projected_grad": 0.1, "step_time_s": 0.5}  # fmt: skip
         if step % EVAL_EVERY == 0:
-            row |= {"accuracy": accuracy(theta, beta, seed, step), "eval_loss": 0.5}
+            row |= {
+                "accuracy": accuracy(theta, beta, seed, step),
+                "eval_loss": 0.5,
+                "dev_accuracy": dev_accuracy(step),
+            }
         if step % ALIGN_EVERY == 0:
             row |= {
                 "align_cos": cos2(theta, seed, step) ** 0.5,
@@ -125,7 +141,9 @@ def test_runs_table_reads_fixed_steps_target_and_costs(sweep: Path) -> None:
     rows = by_setting(runs_table(collect_runs(sweep), steps=(50, 100, 1000), target=0.4))
     row = rows[("conmezo", 1.5, 0.99, 1)]
     assert row["at_50"] == pytest.approx(accuracy(1.5, 0.99, 1, 40))  # last evaluation at or before 50
-    assert row["at_100"] == row["final"] == row["best"] == pytest.approx(accuracy(1.5, 0.99, 1, 100))
+    assert row["at_100"] == row["final"] == pytest.approx(accuracy(1.5, 0.99, 1, 100))
+    assert (row["selected_on"], row["best_step"], row["best"]) == ("dev_accuracy", 60, dev_accuracy(60))
+    assert row["test_at_best_dev"] == pytest.approx(accuracy(1.5, 0.99, 1, 60))  # not the best test (100)
     assert row["at_1000"] is None  # never reached: no value rather than step 100's
     expected = min(s for s in EVAL_STEPS if accuracy(1.5, 0.99, 1, s) >= 0.4)
     assert row["steps_to_target"] == expected == 60
@@ -147,7 +165,7 @@ def test_unfinished_run_has_no_final_and_no_value_past_its_last_step(tmp_path: P
     (row,) = runs_table(collect_runs(tmp_path), steps=(50, 80))
     assert (row["status"], row["step"], row["final"], row["at_80"]) == ("running", 70, None, None)
     assert row["at_50"] == pytest.approx(accuracy(1.2, 0.9, 0, 40))
-    assert row["best"] == pytest.approx(accuracy(1.2, 0.9, 0, 60)) and row["best_step"] == 60
+    assert row["test_at_best_dev"] == pytest.approx(accuracy(1.2, 0.9, 0, 60)) and row["best_step"] == 60
 
 
 def test_run_without_summary_is_read_from_hydra_files(tmp_path: Path) -> None:
@@ -330,6 +348,7 @@ def test_report_reads_what_the_runner_writes(tmp_path: Path) -> None:
     assert [r["status"] for r in table] == ["finished"] * 4 and {r["metric"] for r in table} == {"loss"}
     assert [r["final"] for r in table] == [summaries[r["run"]]["final"]["loss"] for r in table]
     assert [r["best"] for r in table] == [summaries[r["run"]]["best"]["loss"] for r in table]
+    assert {r["selected_on"] for r in table} == {"loss"} and {r["test_at_best_dev"] for r in table} == {None}
     (heat,) = heatmap_data(runs)
     assert heat.n == [[1, 1], [1, 1]] and heat.thetas == [1.2, 1.5] and heat.betas == [0.9, 0.99]
     aligned, inv_d = report.alignment_data(runs)

@@ -19,7 +19,7 @@ def print_table(rows: list[dict], steps: Sequence[int]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    cols = ["optimizer", "theta", "beta", "lr", "seed", "task", "status", "final", "best",
+    cols = ["optimizer", "theta", "beta", "lr", "seed", "task", "status", "final", "best", "test_at_best_dev",
             *[f"at_{s}" for s in steps], "steps_to_target", "s_per_step", "peak_mem_mib"]  # fmt: skip
     table = Table(title=f"{len(rows)} runs")
     for col in cols:

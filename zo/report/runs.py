@@ -88,11 +88,23 @@ class Run:
         before = [r for r in self.evals if r["step"] <= step]
         return before[-1][self.metric] if before else None
 
+    @property
+    def selected_on(self) -> str | None:
+        """What picks the best evaluation: the dev metric where the run scored dev, the objective
+        itself on the quadratic, else nothing (a best test score would not be a held-out number)."""
+        dev = f"dev_{self.metric}"
+        if any(dev in r for r in self.evals):
+            return dev
+        return self.metric if self.metric == "loss" else None
+
     def best(self) -> dict | None:
-        if not self.evals:
+        """The evaluation row with the best `selected_on` value (its `metric` is the test score there)."""
+        key = self.selected_on
+        rows = [r for r in self.evals if key is not None and key in r]
+        if not rows:
             return None
         pick = min if self.lower_is_better else max
-        return pick(self.evals, key=lambda r: r[self.metric])
+        return pick(rows, key=lambda r: r[key])
 
     def steps_to(self, target: float) -> int | None:
         """First evaluated step whose metric reaches `target` (≤ for losses, ≥ otherwise)."""
