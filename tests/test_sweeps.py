@@ -44,6 +44,22 @@ SWEEPS = {
         {"task": axis("sst2 rte wic boolq multirc record squad drop"), "optimizer": axis("mezo conmezo")},
         OPT,
     ),
+    "convergence_grid": (
+        {
+            "task": axis("sst2_review bbcnews"),
+            "optimizer": axis("mezo mezo_momentum conmezo"),
+            "optimizer.lr": axis("3e-6 1e-5 3e-5"),
+        },
+        dict(model="smollm2", steps=300, batch=8, schedule="warmup"),
+    ),
+    "convergence": (
+        {
+            "task": axis("sst2_review bbcnews"),
+            "optimizer": axis("mezo mezo_momentum conmezo"),
+            "train.seed": axis("0 1 2"),
+        },
+        dict(model="smollm2", steps=1000, batch=8, eps=1e-3, lr=1e-5, schedule="warmup"),
+    ),
 }
 
 
@@ -79,6 +95,18 @@ def test_sweep_grid_settings_and_stable_folders(name: str) -> None:
         if KEYS[key] in grid:  # a grid axis: the point's own value
             continue
         assert pick(cfg, KEYS[key]) == (pytest.approx(value) if isinstance(value, float) else value), key
+
+
+def test_convergence_study_trains_as_classification_and_scores_dev_and_test() -> None:
+    cfg = compose(["+sweeps=convergence", "task=bbcnews", "optimizer=mezo_momentum"])
+    assert (cfg.task.train_loss, cfg.task.num_dev, cfg.train.dev_samples, cfg.train.eval_samples) == (
+        "classification",
+        300,
+        300,
+        300,
+    )
+    assert (cfg.train.eval_every, cfg.log.align_every, cfg.ckpt.every) == (100, 100, 100)
+    assert cfg.optimizer.lr == cfg.lr_by_optimizer.mezo_momentum  # η follows the optimizer
 
 
 def test_roberta_seed_picks_the_kshot_sample_too() -> None:
