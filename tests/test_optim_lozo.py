@@ -157,6 +157,17 @@ def test_v_is_redrawn_every_interval_and_v_old_kept_before(interval: int) -> Non
             assert torch.equal(opt.V_old[0], opt.V[0])
 
 
+def test_lozo_m_reference_vector_is_the_step_it_took() -> None:
+    """The logged alignment of LOZO-M is that of its momentum: N Vᵀ for matrices, m for vectors."""
+    model = TwoLayer(torch.float32)
+    opt = lozo(model, momentum=0.9, interval=2)
+    for t in range(1, 4):
+        before = [p.detach().clone() for p in opt.params]
+        step(opt, model, t, 1e-2)
+        for i, (b, p) in enumerate(zip(before, opt.params, strict=True)):
+            torch.testing.assert_close(p.detach() - b, -1e-2 * opt.reference_vector(i), rtol=1e-4, atol=1e-7)
+
+
 def test_state_dict_resumes_lozo_m_exactly() -> None:
     def run(steps: range, state: bytes | None = None) -> tuple[nn.Module, bytes]:
         model = TwoLayer(torch.float32)

@@ -114,7 +114,12 @@ class LOZO(ZOOptimizer):
             else:
                 vectors.append(s)
         self._matrix_of = {id(mat.seg.param): k for k, mat in enumerate(self.matrices)}
-        self.vector_runs = self.flat.runs(vectors, lambda a, b: False)
+        self.vector_runs = self.flat.runs(vectors, lambda a, b: a.decays != b.decays)
+        self._vector_of = {  # id(param) -> (its run, its offset in the run)
+            id(s.param): (j, s.start - run.start)
+            for j, run in enumerate(self.vector_runs)
+            for s in run.segments
+        }
         self.counter = 0  # s, the reference's step counter (runner step t − 1)
         self.v_step = 0  # the s that V was drawn for
         self.V = [self.draw_v(k, 0) for k in range(len(self.matrices))]
@@ -232,15 +237,16 @@ class LOZO(ZOOptimizer):
         n.mul_(beta).add_(u, alpha=(1.0 - beta) * c)
 
     def _update_vectors(self, lr: float, c: float, beta: float) -> None:
-        """MeZO (LOZO) or MeZO with momentum (LOZO-M) on the biases and norms (never decayed)."""
+        """MeZO (LOZO) or MeZO with momentum (LOZO-M) on the biases and norms."""
         sr, seed, rseed = self.cfg.stochastic_rounding, self.step_seed, self.round_seed(1)
         for i, run in enumerate(self.vector_runs):
             x, start = self.flat.slice(run)
+            decay = 1.0 - lr * self.cfg.weight_decay if run.segments[0].decays else 1.0
             if self.beta > 0.0:
                 seeds = (seed, rseed, self.round_seed(2))
-                self.kernel(momentum_step)(x, self.vector_m[i], start, seeds, 1.0, c, lr, beta, sr)
+                self.kernel(momentum_step)(x, self.vector_m[i], start, seeds, decay, c, lr, beta, sr)
             else:
-                self.kernel(mezo_step)(x, start, seed, rseed, 1.0, lr * c, sr)
+                self.kernel(mezo_step)(x, start, seed, rseed, decay, lr * c, sr)
 
     # ---- alignment and state -------------------------------------------------------------------
     def reference_vector(self, i: int) -> torch.Tensor:
@@ -251,10 +257,8 @@ class LOZO(ZOOptimizer):
         k = self._matrix_of.get(id(seg.param))
         if k is not None:
             return (self.N[k] @ self.V[k].T).view(seg.param.shape)
-        j, run = next((j, r) for j, r in enumerate(self.vector_runs) if seg in r.segments)
-        return self.vector_m[j][seg.start - run.start : seg.start - run.start + seg.numel].view(
-            seg.param.shape
-        )
+        j, offset = self._vector_of[id(seg.param)]
+        return self.vector_m[j][offset : offset + seg.numel].view(seg.param.shape)
 
     def state_dict(self) -> dict:
         return {
