@@ -1,0 +1,135 @@
+"""ZO-Adam (MeZO-Adam of ZO-Bench) and, with `amsgrad`, ZO-AdaMM (Chen et al., 2019).
+
+Adam on the MeZO estimate g = (1/q) Σ_k p_k z_k (+ wd·x, coupled weight decay as in ZO-Bench):
+
+    m ← β₁ m + (1−β₁) g,   v ← β₂ v + (1−β₂) g²,   x ← x − η (m/(1−β₁ᵗ)) / (√(v/(1−β₂ᵗ)) + δ)
+
+g is regenerated inside the update kernel and never stored, so the state is the two moments
+(2P), three with `amsgrad`, in `optimizer.state_dtype`. Draw, moments and step are one fused pass
+per flat buffer. t counts the updates made (saved, so a resumed run corrects the same way).
+
+AMSGrad follows torch.optim.Adam(amsgrad=True): the running max is taken of the raw v and
+bias-corrected like v. ZO-AdaMM's paper has no bias correction; with it the first steps are
+not damped towards zero.
+
+β₁ is `optimizer.beta`, fixed: ZO-Adam is not `uses_beta`, so the warm-up schedule (written for
+ConMeZO's momentum) does not ramp it. Adam's own bias correction already handles the start,
+and the references (ZO-Bench, LOREN) use constant betas.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from zo import ZOError
+from zo.noise import positions
+from zo.optim import register
+from zo.optim.base import DTYPES, OptimConfig
+from zo.optim.mezo import Directions, MeZO, noise_sum
+from zo.rounding import round_to
+
+
+@dataclass
+class ZOAdamConfig(OptimConfig):
+    lr: float = 1e-5  # per-coordinate step ~η (see conf/optimizer/zo_adam.yaml)
+    beta: float = 0.9  # β₁
+    beta2: float = 0.999  # β₂
+    delta: float = 1e-8  # δ, added to √v̂
+    amsgrad: bool = False  # ZO-AdaMM: divide by the running max of v (a third buffer)
+    state_dtype: str = "fp32"  # fp32 | fp16 | bf16 | param: storage of m, v (and the max)
+
+    def checks(self) -> dict[str, tuple[bool, str]]:
+        dtypes = [*DTYPES, "param"]
+        return super().checks() | {
+            "beta2": (0.0 <= self.beta2 < 1.0, "0 <= beta2 < 1"),
+            "delta": (self.delta > 0, "delta > 0"),
+            "state_dtype": (self.state_dtype in dtypes, "one of " + ", ".join(dtypes)),
+        }
+
+
+def adam_step(
+    x: torch.Tensor,
+    moments: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None],
+    start: int,
+    direction: tuple[int, float, Directions],
+    seeds: tuple[int, int, int, int],
+    wd: float,
+    lr: float,
+    hyper: tuple[float, float, float, float, float],
+    sr: bool,
+) -> None:
+    """g = Σ c_k z_k + wd·x, then m, v (and the max of v) and x, in one pass over the buffer.
+
+    moments: (m, v, running max of v or None); direction: (seed, coefficient, others) as in
+    `noise_sum`; seeds: rounding of x, m, v, max; hyper: (β₁, β₂, 1−β₁ᵗ, 1−β₂ᵗ, δ).
+    """
+    m, v, peak = moments
+    b1, b2, c1, c2, delta = hyper
+    idx = positions(start, x.numel(), x.device)
+    x_old = x.float()
+    g = noise_sum(idx, *direction) + wd * x_old
+    m_new = b1 * m.float() + (1.0 - b1) * g
+    v_new = b2 * v.float() + (1.0 - b2) * g * g
+    m.copy_(round_to(m_new, m.dtype, idx, seeds[1], sr))
+    v.copy_(round_to(v_new, v.dtype, idx, seeds[2], sr))
+    if peak is not None:
+        v_new = torch.maximum(peak.float(), v_new)
+        peak.copy_(round_to(v_new, peak.dtype, idx, seeds[3], sr))
+    new = x_old - lr * (m_new / c1) / (torch.sqrt(v_new / c2) + delta)
+    x.copy_(round_to(new, x.dtype, idx, seeds[0], sr))
+
+
+@register
+class ZOAdam(MeZO):
+    name = "zo_adam"
+    Config = ZOAdamConfig
+    supports_queries = True
+
+    def __init__(self, model: nn.Module, cfg: ZOAdamConfig, seed: int) -> None:
+        super().__init__(model, cfg, seed)
+        self.momentum = self.new_momentum()  # m: saved by the base, and the vector alignment logs
+        self.second = self.new_momentum()  # v
+        self.peak = self.new_momentum() if cfg.amsgrad else []  # running max of v
+        self.steps = 0
+
+    def momentum_dtype(self, p: torch.Tensor) -> torch.dtype:
+        return p.dtype if self.cfg.state_dtype == "param" else DTYPES[self.cfg.state_dtype]
+
+    def update(self, lr: float, beta: float | None) -> None:
+        cfg = self.cfg
+        self.steps += 1
+        hyper = (cfg.beta, cfg.beta2, 1.0 - cfg.beta**self.steps, 1.0 - cfg.beta2**self.steps, cfg.delta)
+        direction = self.directions(1.0)  # g = (1/q) Σ p_k z_k
+        seeds = (self.round_seed(1), self.round_seed(2), self.round_seed(3), self.round_seed(4))
+        step = self.kernel(adam_step)
+        assert self.momentum is not None
+        # Walks the base's update runs itself (not `slices`): Adam needs wd, not a decay factor.
+        for run in self._update_runs:
+            x, start = self.flat.slice(run)
+            buf, part = run.group, slice(run.start, run.end)
+            moments = (
+                self.momentum[buf][part],
+                self.second[buf][part],
+                self.peak[buf][part] if self.peak else None,
+            )
+            wd = cfg.weight_decay if run.segments[0].decays else 0.0
+            step(x, moments, start, direction, seeds, wd, lr, hyper, cfg.stochastic_rounding)
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "second": self.second, "peak": self.peak, "steps": self.steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        for key, mine in (("second", self.second), ("peak", self.peak)):
+            saved = state.get(key)
+            if saved is None or [t.shape for t in saved] != [t.shape for t in mine]:
+                raise ZOError(
+                    f"checkpoint's ZO-Adam state '{key}' does not match this run (optimizer.amsgrad "
+                    f"is {self.cfg.amsgrad}): resume with the same optimizer.amsgrad or resume=false"
+                )
+            for buf, value in zip(mine, saved, strict=True):
+                buf.copy_(value)
+        self.steps = int(state["steps"])
