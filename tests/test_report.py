@@ -43,17 +43,37 @@ def cos2(theta: float | None, seed: int, step: int) -> float:
     return (theta or 0.01) * 1e-2 * (seed + 1) * step / STEPS
 
 
+RATES = (0.004, 0.005, 0.0075)  # eval loss per step of seeds 0, 1, 2 at speed 1
+
+
+def eval_loss(speed: float, seed: int, step: int) -> float:
+    """Test eval loss falling linearly from 2 at speed × the seed's rate: MeZO (speed 1) ends at
+    1.6, 1.5, 1.25 on seeds 0, 1, 2, so its mean final, the speedup's target, is 1.45."""
+    return 2.0 - speed * RATES[seed] * step
+
+
 def write_run(
-    folder: Path, theta: float | None, beta: float | None, seed: int, last: int = STEPS, extra: tuple = ()
+    folder: Path,
+    theta: float | None,
+    beta: float | None,
+    seed: int,
+    last: int = STEPS,
+    extra: tuple = (),
+    *,
+    optimizer: str | None = None,
+    task: str = "trec",
+    speed: float = 1.0,
+    inv_d: float = 1e-3,
 ) -> None:
-    """A run folder as the runner leaves it (conmezo when θ is given, else mezo), stopped at `last`."""
-    name = "conmezo" if theta is not None else "mezo"
+    """A run folder as the runner leaves it (`optimizer`; by default conmezo when θ is given, else
+    mezo), stopped at `last`, its eval loss falling at `speed` (see `eval_loss`)."""
+    name = optimizer or ("conmezo" if theta is not None else "mezo")
     overrides = [f"optimizer={name}", f"train.seed={seed}", *extra]
     if theta is not None:
         overrides += [f"optimizer.theta={theta}", f"optimizer.beta={beta}"]
     config = {
         "optimizer": {"name": name, "lr": 1e-6, "eps": 1e-3, "theta": theta or 1.35, "beta": beta or 0.99},
-        "task": {"name": "trec", "data_seed": 42},
+        "task": {"name": task, "data_seed": 42},
         "model": {"name": "roberta-large"},
         "train": {"steps": STEPS, "seed": seed, "eval_every": EVAL_EVERY},
     }
@@ -61,8 +81,9 @@ def write_run(
         {
             "step": 0,
             "accuracy": accuracy(theta, beta, seed, 0),
-            "eval_loss": 1.0,
+            "eval_loss": eval_loss(speed, seed, 0),
             "dev_accuracy": dev_accuracy(0),
+            "evaluated": True,
         }
     ]
     for step in range(1, last + 1):
@@ -71,14 +92,15 @@ def write_run(
         if step % EVAL_EVERY == 0:
             row |= {
                 "accuracy": accuracy(theta, beta, seed, step),
-                "eval_loss": 0.5,
+                "eval_loss": eval_loss(speed, seed, step),
                 "dev_accuracy": dev_accuracy(step),
+                "evaluated": True,
             }
         if step % ALIGN_EVERY == 0:
             row |= {
                 "align_cos": cos2(theta, seed, step) ** 0.5,
                 "align_cos2": cos2(theta, seed, step),
-                "inv_d": 1e-3,
+                "inv_d": inv_d,
             }
         rows.append(row)
     (folder / ".hydra").mkdir(parents=True)
@@ -297,7 +319,11 @@ def test_wandb_history_gives_the_same_table_as_the_folders(
     def api_run(run: Run) -> types.SimpleNamespace:
         summary = json.loads((sweep / run.name / "summary.json").read_text())
         history = [
-            {"_step": r["step"], "_runtime": 1.0, **{k: v for k, v in r.items() if k != "step"}}
+            {
+                "_step": r["step"],
+                "_runtime": 1.0,
+                **{k: v for k, v in r.items() if k not in ("step", "evaluated")},
+            }
             for r in run.rows
         ]
         return types.SimpleNamespace(
@@ -352,6 +378,156 @@ def test_report_reads_what_the_runner_writes(tmp_path: Path) -> None:
     (heat,) = heatmap_data(runs)
     assert heat.n == [[1, 1], [1, 1]] and heat.thetas == [1.2, 1.5] and heat.betas == [0.9, 0.99]
     aligned, inv_d = report.alignment_data(runs)
-    assert inv_d == pytest.approx(1e-3) and all(c.steps == [10, 20, 30, 40] for c in aligned)
+    assert list(inv_d.values()) == pytest.approx([1e-3]) and all(c.steps == [10, 20, 30, 40] for c in aligned)
     written = {p.name for p in report.report(runs, tmp_path / "out")}
     assert {"runs.csv", "heatmap.svg", "curves.png", "alignment.csv"} <= written
+
+
+# ---- the convergence study: tasks × optimizers × seeds ------------------------------------------
+
+STUDY_SEEDS = (0, 1, 2)
+SPEED = {  # eval-loss speed per (task, optimizer); MeZO's mean final eval loss, the target, is 1.45
+    ("sst2_review", "mezo"): 1.0,
+    ("sst2_review", "conmezo"): 2.0,  # mean curve ≤ 1.45 first at step 60: speedup 100 / 60
+    ("sst2_review", "mezo_momentum"): 1.5,  # first at step 80: speedup 100 / 80
+    ("bbcnews", "mezo"): 1.0,
+    ("bbcnews", "conmezo"): 0.5,  # never, in any resample: the fastest draw ends at 1.625 > 1.6
+    ("bbcnews", "mezo_momentum"): 1.5,
+}
+INV_D = {"sst2_review": 1e-3, "bbcnews": 2e-3}  # as if the tasks ran different models
+
+
+@pytest.fixture
+def study(tmp_path: Path) -> Path:
+    """The convergence sweep's layout: task × optimizer × 3 seeds, with known eval-loss speeds."""
+    root = tmp_path / "study"
+    for (task, name), speed in SPEED.items():
+        for seed in STUDY_SEEDS:
+            folder = root / f"optimizer={name},task={task},train.seed={seed}"
+            extra = ("+sweeps=convergence", f"task={task}")
+            write_run(folder, None, None, seed, extra=extra, optimizer=name, task=task, speed=speed,
+                      inv_d=INV_D[task])  # fmt: skip
+    return root
+
+
+def test_series_curves_are_mean_and_std_over_seeds_with_a_panel_per_task(study: Path) -> None:
+    curves = {(c.panel, c.label, c.series): c for c in report.series_data(collect_runs(study), ["eval_loss"])}
+    panels = {f"task={t}" for t, _ in SPEED}
+    assert set(curves) == {(f"task={t}", name, "eval_loss") for t, name in SPEED} and len(panels) == 2
+    curve = curves[("task=sst2_review", "conmezo", "eval_loss")]
+    assert curve.steps == list(EVAL_STEPS) and curve.n == [3] * len(EVAL_STEPS)
+    for step, mean, std in zip(curve.steps, curve.mean, curve.std, strict=True):
+        seeds = [eval_loss(2.0, s, step) for s in STUDY_SEEDS]
+        assert (mean, std) == pytest.approx((statistics.fmean(seeds), statistics.stdev(seeds)))
+    assert report.series_data(collect_runs(study), ["no_such_series"]) == []
+
+
+def test_speedup_steps_to_mezos_final_eval_loss_are_exact(study: Path) -> None:
+    rows = report.speedup_data(collect_runs(study))
+    assert [(r["panel"], r["label"]) for r in rows] == [
+        (f"task={t}", name)
+        for t in ("bbcnews", "sst2_review")
+        for name in ("mezo", "conmezo", "mezo_momentum")
+    ]  # panels in order, the baseline first in each
+    by = {(r["task"], r["optimizer"]): r for r in rows}
+    target = statistics.fmean(eval_loss(1.0, s, STEPS) for s in STUDY_SEEDS)
+    assert [r["target"] for r in rows] == pytest.approx([1.45] * 6) and target == pytest.approx(1.45)
+    expected = {  # (mean-curve steps, speedup, steps of seeds 0, 1, 2)
+        ("sst2_review", "mezo"): (100, 1.0, (None, None, 80)),
+        ("sst2_review", "conmezo"): (60, 100 / 60, (80, 60, 40)),
+        ("sst2_review", "mezo_momentum"): (80, 100 / 80, (100, 80, 60)),
+        ("bbcnews", "mezo"): (100, 1.0, (None, None, 80)),
+        ("bbcnews", "conmezo"): (None, None, (None, None, None)),
+        ("bbcnews", "mezo_momentum"): (80, 100 / 80, (100, 80, 60)),
+    }
+    for key, (steps, speedup, seeds) in expected.items():
+        row = by[key]
+        assert (row["steps"], row["baseline_steps"], row["seeds"], row["evaluated_to"]) == (
+            steps,
+            100,
+            3,
+            STEPS,
+        )
+        assert row["speedup"] == (pytest.approx(speedup) if speedup else None), key
+        assert tuple(row[f"steps_seed{s}"] for s in STUDY_SEEDS) == seeds, key
+        assert row["final"] == pytest.approx(
+            statistics.fmean(eval_loss(SPEED[key], s, STEPS) for s in STUDY_SEEDS)
+        )
+        for seed, hit in zip(STUDY_SEEDS, seeds, strict=True):  # per seed: the first evaluation ≤ target
+            reached = [s for s in EVAL_STEPS if eval_loss(SPEED[key], seed, s) <= target]
+            assert hit == (reached[0] if reached else None)
+
+
+def test_speedup_bootstrap_interval_holds_the_estimate_and_is_reproducible(study: Path) -> None:
+    runs = collect_runs(study)
+    rows = {(r["task"], r["optimizer"]): r for r in report.speedup_data(runs)}
+    assert rows == {(r["task"], r["optimizer"]): r for r in report.speedup_data(runs)}  # fixed RNG seed
+    for row in rows.values():
+        assert row["resamples"] == 2000
+        if row["speedup"] is not None:
+            assert row["speedup_lo"] <= row["speedup"] <= row["speedup_hi"]
+    base = rows[("sst2_review", "mezo")]  # every draw recomputes MeZO's target: it always gets there
+    assert (base["speedup_lo"], base["speedup_hi"], base["reached"]) == (1.0, 1.0, 1.0)
+    # ConMeZO's slowest draw (seed 0 thrice) ends at 1.2, under the lowest target (1.25): always there
+    assert rows[("sst2_review", "conmezo")]["reached"] == 1.0
+    assert 0 < rows[("sst2_review", "mezo_momentum")]["reached"] < 1  # seed 0 thrice ends at 1.4
+    never = rows[("bbcnews", "conmezo")]
+    assert (never["reached"], never["speedup_lo"], never["speedup_hi"]) == (0.0, None, None)
+    other = {(r["task"], r["optimizer"]): r for r in report.speedup_data(runs, seed=1)}
+    assert other[("sst2_review", "conmezo")]["speedup"] == rows[("sst2_review", "conmezo")]["speedup"]
+
+
+def test_speedup_with_one_seed_has_no_spread_and_needs_its_baseline(tmp_path: Path) -> None:
+    for name, speed in (("mezo", 1.0), ("conmezo", 2.0), ("mezo_momentum", 1.5)):
+        write_run(tmp_path / name, None, None, 2, optimizer=name, speed=speed)  # MeZO ends at 1.25
+    runs = collect_runs(tmp_path)
+    rows = {r["optimizer"]: r for r in report.speedup_data(runs, resamples=50)}
+    assert rows["conmezo"]["target"] == pytest.approx(1.25) and rows["conmezo"]["steps"] == 60
+    for row in rows.values():  # one seed: every draw is the sample itself
+        assert row["speedup_lo"] == row["speedup"] == row["speedup_hi"] and row["resamples"] == 50
+    assert rows["mezo_momentum"]["speedup"] == pytest.approx(100 / 80)
+    assert [r["optimizer"] for r in report.speedup_data(runs, baseline="mezo_momentum")][0] == "mezo_momentum"
+    assert report.speedup_data(runs, baseline="adamw") == []
+
+
+def test_alignment_has_a_panel_and_a_1_over_d_per_task(study: Path, tmp_path: Path) -> None:
+    aligned, inv_d = report.alignment_data(collect_runs(study))
+    assert inv_d == {f"task={t}": pytest.approx(d) for t, d in INV_D.items()}
+    curve = next(c for c in aligned if (c.panel, c.label) == ("task=bbcnews", "mezo_momentum"))
+    assert curve.steps == [ALIGN_EVERY, STEPS]
+    assert curve.mean[-1] == pytest.approx(statistics.fmean(cos2(None, s, STEPS) for s in STUDY_SEEDS))
+    fig = report.plot_alignment(aligned, inv_d, tmp_path)
+    for ax in fig.axes:
+        random = next(line for line in ax.lines if line.get_label() == "1/d (random direction)")
+        assert list(random.get_ydata()) == [INV_D[ax.get_title().removeprefix("task=")]] * 2
+
+
+def test_study_report_writes_series_curves_and_speedup(study: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    assert report.main([str(study), "--out", str(out), "--series", "eval_loss", "accuracy"]) == 0
+    printed = capsys.readouterr().out
+    assert "steps to mezo's final eval_loss" in printed and "18 runs" in printed
+    for stem in ("curves_eval_loss", "curves_accuracy", "alignment"):
+        assert (out / f"{stem}.png").read_bytes()[:4] == b"\x89PNG" and "<svg" in (
+            out / f"{stem}.svg"
+        ).read_text()
+    runs = collect_runs(study)
+    points = read_csv(out / "curves_eval_loss.csv")
+    expected = [p for c in report.series_data(runs, ["eval_loss"]) for p in c.points()]
+    assert [(p["panel"], p["label"], int(p["step"])) for p in points] == [
+        (p["panel"], p["label"], p["step"]) for p in expected
+    ]
+    assert [float(p["mean"]) for p in points] == pytest.approx([p["mean"] for p in expected])
+    table = read_csv(out / "speedup.csv")
+    assert list(table[0])[:7] == ["panel", "task", "label", "optimizer", "baseline", "series", "target"]
+    assert {"speedup", "speedup_lo", "speedup_hi", "reached", "steps_seed0", "steps_seed2"} <= set(table[0])
+    never = next(r for r in table if (r["task"], r["optimizer"]) == ("bbcnews", "conmezo"))
+    assert (never["steps"], never["speedup"], never["speedup_lo"]) == ("", "", "")  # blank: not reached
+    fig = report.plot_curves(report.series_data(runs, ["eval_loss"]), tmp_path, "curves_eval_loss")
+    assert sorted(ax.get_title() for ax in fig.axes) == ["task=bbcnews", "task=sst2_review"]
+    assert {ax.get_ylabel() for ax in fig.axes} == {"eval_loss"}
+    assert report.main([str(study), "--out", str(tmp_path / "x"), "--series", "dev_eval_loss"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: no run evaluated dev_eval_loss; evaluations log: accuracy, dev_accuracy")
+    assert report.main([str(study), "--out", str(tmp_path / "x"), "--baseline", "adamw"]) == 1
+    assert "no finished adamw run" in capsys.readouterr().err and not (tmp_path / "x").exists()

@@ -3,24 +3,42 @@
 Reads every run folder under the sweep (or a W&B project with --from-wandb) and writes into
 `--out` (default `<sweep_dir>/report`):
 
-    runs.csv        one row per run: settings, status, final/best metric, metric at fixed steps,
-                    steps to a target, s/step, peak memory, mean alignment cos²
-    heatmap.*       ConMeZO θ × β → metric (mean over seeds), one panel per other setting
-    curves.*        metric and training loss vs step, mean ± std over seeds, one line per setting
-    alignment.*     cos²(momentum, gradient) vs step against the 1/d of a random direction
+    runs.csv         one row per run: settings, status, final/best metric, metric at fixed steps,
+                     steps to a target, s/step, peak memory, mean alignment cos²
+    heatmap.*        ConMeZO θ × β → metric (mean over seeds), one panel per other setting
+    curves.*         metric and training loss vs step, mean ± std over seeds, one line per setting
+    curves_<name>.*  one evaluated series vs step, mean ± std over seeds: the test eval_loss and the
+                     metric, where logged, unless `--series eval_loss dev_eval_loss ...` names others
+    alignment.*      cos²(momentum, gradient) vs step against each panel's 1/d (a random direction)
+    speedup.csv      steps each method needs to reach the baseline's final test eval_loss (mean over
+                     its seeds; `--baseline`, default mezo), for the mean curve and per seed, and the
+                     speedup baseline steps / method steps with a 95% bootstrap interval over seeds
+                     (`zo.report.speedup` says exactly how); printed as a table too
 
-Numbers are computed first (`runs_table`, `heatmap_data`, `curves_data`, `alignment_data`) and
-written as CSV; the plot functions only draw those numbers, so a figure can always be checked
-against its CSV. Runs are grouped by their Hydra overrides minus the seeds, which is exactly
-what a sweep varies; labels show only the overrides that differ between groups.
+Every figure has a panel per setting other than optimizer, θ and β (a panel per task in a
+task × optimizer study, like the convergence sweep) and a line per optimizer setting.
 
-`runs` reads, `numbers` computes, `plots` draws, `cli` writes them all.
+Numbers are computed first (`runs_table`, `heatmap_data`, `curves_data`, `series_data`,
+`alignment_data`, `speedup_data`) and written as CSV; the plot functions only draw those numbers,
+so a figure can always be checked against its CSV. Runs are grouped by their Hydra overrides minus
+the seeds, which is exactly what a sweep varies; labels show only the overrides that differ between
+groups.
+
+`runs` reads, `numbers` and `speedup` compute, `plots` draws, `cli` writes them all.
 """
 
 from zo.report.cli import main, report
-from zo.report.numbers import alignment_data, curves_data, heatmap_data, runs_table, write_csv
+from zo.report.numbers import (
+    alignment_data,
+    curves_data,
+    heatmap_data,
+    runs_table,
+    series_data,
+    write_csv,
+)
 from zo.report.plots import plot_alignment, plot_curves, plot_heatmaps
 from zo.report.runs import ReportError, Run, collect_runs, load_run, wandb_runs
+from zo.report.speedup import speedup_data
 
 __all__ = [
     "ReportError",
@@ -36,6 +54,8 @@ __all__ = [
     "plot_heatmaps",
     "report",
     "runs_table",
+    "series_data",
+    "speedup_data",
     "wandb_runs",
     "write_csv",
 ]

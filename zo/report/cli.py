@@ -9,19 +9,32 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from zo.report.numbers import alignment_data, curves_data, heatmap_data, runs_table, write_csv
+from zo.report.numbers import (
+    alignment_data,
+    curves_data,
+    default_series,
+    evaluated,
+    heatmap_data,
+    runs_table,
+    series_data,
+    write_csv,
+)
 from zo.report.plots import plot_alignment, plot_curves, plot_heatmaps, pyplot
 from zo.report.runs import DEFAULT_STEPS, ReportError, Run, collect_runs, wandb_runs
+from zo.report.speedup import speedup_data
+
+RUN_COLUMNS = ("optimizer", "theta", "beta", "lr", "seed", "task", "status", "final", "best",
+               "test_at_best_dev")  # fmt: skip
+SPEEDUP_COLUMNS = ("panel", "label", "target", "final", "steps", "baseline_steps", "speedup", "speedup_lo",
+                   "speedup_hi", "reached")  # fmt: skip
 
 
-def print_table(rows: list[dict], steps: Sequence[int]) -> None:
-    """The table's headline columns on the terminal; runs.csv has all of them."""
+def print_table(rows: list[dict], cols: Sequence[str], title: str) -> None:
+    """A table's headline columns on the terminal; its CSV has all of them."""
     from rich.console import Console
     from rich.table import Table
 
-    cols = ["optimizer", "theta", "beta", "lr", "seed", "task", "status", "final", "best", "test_at_best_dev",
-            *[f"at_{s}" for s in steps], "steps_to_target", "s_per_step", "peak_mem_mib"]  # fmt: skip
-    table = Table(title=f"{len(rows)} runs")
+    table = Table(title=title)
     for col in cols:
         table.add_column(col, overflow="fold")
     for row in rows:
@@ -44,12 +57,30 @@ def report(
     steps: Sequence[int] = DEFAULT_STEPS,
     target: float | None = None,
     heatmap_step: int | None = None,
+    series: Sequence[str] | None = None,
+    baseline: str | None = None,
 ) -> list[Path]:
-    """Write every table and figure the runs support (CSV + PNG + SVG); returns the folder's files."""
+    """Write every table and figure the runs support (CSV + PNG + SVG); returns the folder's files.
+
+    `series`: the evaluated series drawn as curves_<series>.* (None: `default_series`, where logged).
+    `baseline`: the optimizer whose final eval loss is speedup.csv's target (None: mezo, where it ran).
+    A series or baseline asked for by name that the runs do not have is an error, before anything is written.
+    """
+    drawn = {name: series_data(runs, [name]) for name in series or default_series(runs)}
+    if series and (missing := [name for name, curves in drawn.items() if not curves]):
+        raise ReportError(
+            f"no run evaluated {', '.join(missing)}; evaluations log: {', '.join(evaluated(runs))}"
+        )
+    speedups = speedup_data(runs, baseline or "mezo")
+    if baseline and not speedups:
+        raise ReportError(
+            f"no finished {baseline} run with an eval_loss: nothing sets the target of speedup.csv"
+        )
     out.mkdir(parents=True, exist_ok=True)
     rows = runs_table(runs, steps, target)
     write_csv(out / "runs.csv", rows)
-    print_table(rows, steps)
+    cols = [*RUN_COLUMNS, *(f"at_{s}" for s in steps), "steps_to_target", "s_per_step", "peak_mem_mib"]
+    print_table(rows, cols, f"{len(runs)} runs")
     figures = []
     maps = heatmap_data(runs, heatmap_step)
     if maps:
@@ -61,23 +92,45 @@ def report(
     if curves:
         write_csv(out / "curves.csv", [p for c in curves for p in c.points()])
         figures.append(plot_curves(curves, out))
+    for name, curves in drawn.items():
+        if curves:
+            write_csv(out / f"curves_{name}.csv", [p for c in curves for p in c.points()])
+            figures.append(plot_curves(curves, out, f"curves_{name}"))
     aligned, inv_d = alignment_data(runs)
     if aligned:
-        write_csv(out / "alignment.csv", [{**p, "inv_d": inv_d} for c in aligned for p in c.points()])
+        write_csv(
+            out / "alignment.csv", [{**p, "inv_d": inv_d.get(c.panel)} for c in aligned for p in c.points()]
+        )
         figures.append(plot_alignment(aligned, inv_d, out))
+    if speedups:
+        write_csv(out / "speedup.csv", speedups)
+        seeds = [k for k in dict.fromkeys(k for r in speedups for k in r) if k.startswith("steps_seed")]
+        head = speedups[0]
+        title = f"steps to {head['baseline']}'s final {head['series']}; speedup with a 95% bootstrap interval"
+        print_table(speedups, [*SPEEDUP_COLUMNS, *seeds], title)
     for fig in figures:
         pyplot().close(fig)
     return sorted(out.iterdir())
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m zo.report", description=__doc__)
+    import zo.report
+
+    parser = argparse.ArgumentParser(
+        prog="python -m zo.report",
+        description=zo.report.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # the docstring's file list as written
+    )
     add = parser.add_argument
     add("sweep_dir", nargs="?", type=Path, help="folder holding the sweep's run folders (any depth)")
     add("--step", type=int, nargs="+", default=list(DEFAULT_STEPS), help="steps of the at_N columns")
     add("--target", type=float, help="metric value for the steps_to_target column")
     add("--metric", help="metric to report (default: each run's own: accuracy, f1 or loss)")
     add("--heatmap-step", type=int, help="step of the heatmap values (default: the final evaluation)")
+    series = "evaluated series drawn as curves_NAME.* (default: eval_loss and the metric, where logged)"
+    add("--series", nargs="+", metavar="NAME", help=series)
+    baseline = "optimizer whose final eval_loss is speedup.csv's target (default: mezo, where it ran)"
+    add("--baseline", metavar="OPTIMIZER", help=baseline)
     add("--out", type=Path, help="output folder (default: <sweep_dir>/report)")
     add("--from-wandb", metavar="ENTITY/PROJECT", help="read the runs from W&B instead of run folders")
     add("--wandb-filters", type=json.loads, help='W&B run filters as JSON: \'{"config.task.name": "trec"}\'')
@@ -97,7 +150,9 @@ def main(argv: list[str] | None = None) -> int:
             runs = wandb_runs(args.from_wandb, args.wandb_filters, args.metric)
         else:
             runs = collect_runs(args.sweep_dir, args.metric)
-        written = report(runs, args.out, args.step, args.target, args.heatmap_step)
+        written = report(
+            runs, args.out, args.step, args.target, args.heatmap_step, args.series, args.baseline
+        )
     except ReportError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

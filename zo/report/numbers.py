@@ -211,7 +211,7 @@ def _values(key: str, rows_of: Callable[[Run], list[dict]]) -> Callable[[Run], I
     return lambda run: ((r["step"], r[key]) for r in rows_of(run) if r.get(key) is not None)
 
 
-def _lines(runs: list[Run]) -> list[tuple[str, str, list[Run]]]:
+def lines(runs: list[Run]) -> list[tuple[str, str, list[Run]]]:
     """(label, panel, runs) per group of seeds; labels show what differs within the panel."""
     out = []
     for title, members in panels(runs).items():
@@ -221,24 +221,54 @@ def _lines(runs: list[Run]) -> list[tuple[str, str, list[Run]]]:
     return out
 
 
+def _evaluated(members: list[Run], name: str, panel: str, series: str) -> Curve:
+    """A series logged at the evaluations (the metric, eval_loss, dev_accuracy, ...)."""
+    return _curve(members, name, panel, series, _values(series, lambda r: r.evals))
+
+
 def curves_data(runs: list[Run]) -> list[Curve]:
     """Per group: the metric at its evaluations and, unless the metric is the loss, the training loss."""
     curves = []
-    for name, panel, members in _lines(runs):
+    for name, panel, members in lines(runs):
         metric = members[0].metric
-        curves.append(_curve(members, name, panel, metric, _values(metric, lambda r: r.evals)))
+        curves.append(_evaluated(members, name, panel, metric))
         if metric != "loss":
             train = _values("loss", lambda r: [x for x in r.rows if "lr" in x])
             curves.append(_curve(members, name, panel, "train_loss", train))
     return [c for c in curves if c.steps]
 
 
-def alignment_data(runs: list[Run]) -> tuple[list[Curve], float | None]:
-    """cos² curves per group, and 1/d: the expected cos² of a random direction."""
+def evaluated(runs: Iterable[Run]) -> list[str]:
+    """The series an evaluation logs (test and dev scores): the step-0 row holds nothing else."""
+    keys = {k for run in runs for r in run.rows if r["step"] == 0 for k in r}
+    return sorted(keys - {"step", "evaluated"})
+
+
+def default_series(runs: Iterable[Run]) -> list[str]:
+    """What `series_data` draws unless told otherwise: the test eval_loss and each run's headline metric."""
+    return list(dict.fromkeys(["eval_loss", *(run.metric for run in runs)]))
+
+
+def series_data(runs: list[Run], names: Sequence[str]) -> list[Curve]:
+    """Per evaluated series (test `eval_loss`, `accuracy`, dev `dev_eval_loss`, ...) and group: its
+    values at the evaluations, mean ± std over seeds; a series a group never logged is left out."""
+    curves = [_evaluated(m, name, panel, series) for series in names for name, panel, m in lines(runs)]
+    return [c for c in curves if c.steps]
+
+
+def alignment_data(runs: list[Run]) -> tuple[list[Curve], dict[str, float]]:
+    """cos² curves per group, and per panel 1/d: the expected cos² of a random direction.
+
+    1/d belongs to a panel, not to the report: panels may differ in the model, hence in d.
+    """
     cos2 = _values("align_cos2", lambda r: r.rows)
-    curves = [_curve(m, name, panel, "align_cos2", cos2) for name, panel, m in _lines(runs)]
-    inv_d = [r["inv_d"] for run in runs for r in run.rows if r.get("inv_d") is not None]
-    return [c for c in curves if c.steps], (statistics.fmean(inv_d) if inv_d else None)
+    curves, inv_d = [], defaultdict(list)
+    for name, panel, members in lines(runs):
+        curve = _curve(members, name, panel, "align_cos2", cos2)
+        if curve.steps:
+            curves.append(curve)
+            inv_d[panel] += [r["inv_d"] for run in members for r in run.rows if r.get("inv_d") is not None]
+    return curves, {panel: statistics.fmean(d) for panel, d in inv_d.items() if d}
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:

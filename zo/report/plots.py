@@ -100,8 +100,9 @@ def plot_heatmaps(maps: list[Heatmap], out: Path, title: str = ""):
     return fig
 
 
-def plot_curves(curves: list[Curve], out: Path):
-    """Metric (top) and training loss (below it, when logged apart) vs step, a panel per setting."""
+def plot_curves(curves: list[Curve], out: Path, stem: str = "curves"):
+    """Each panel's series vs step (the metric on top, the training loss below it when logged apart),
+    saved as `<stem>.png` and `.svg`; returns the figure."""
     with_train = any(c.series == "train_loss" for c in curves)
     fig, axes = _panel_axes(list(dict.fromkeys(c.panel for c in curves)), 2 if with_train else 1)
     colors = _colors(c.label for c in curves)
@@ -113,12 +114,12 @@ def plot_curves(curves: list[Curve], out: Path):
         if _wide(y for line in ax.get_lines() for y in line.get_ydata()):
             ax.set_yscale("log")
     _legend(fig, colors)
-    _save(fig, out, "curves")
+    _save(fig, out, stem)
     return fig
 
 
-def plot_alignment(curves: list[Curve], inv_d: float | None, out: Path):
-    """cos²(momentum, gradient) vs step against 1/d (like ConMeZO Fig. 6); returns the figure."""
+def plot_alignment(curves: list[Curve], inv_d: dict[str, float], out: Path):
+    """cos²(momentum, gradient) vs step against each panel's 1/d (like ConMeZO Fig. 6); returns the figure."""
     from matplotlib.lines import Line2D
 
     fig, axes = _panel_axes(list(dict.fromkeys(c.panel for c in curves)), 1)
@@ -126,9 +127,9 @@ def plot_alignment(curves: list[Curve], inv_d: float | None, out: Path):
     for curve in curves:
         _draw(axes[curve.panel][0], curve, colors[curve.label])
     random = "1/d (random direction)"
-    for (ax,) in axes.values():
-        if inv_d is not None:
-            ax.axhline(inv_d, color="k", linestyle="--", linewidth=1, label=random)
+    for panel, (ax,) in axes.items():
+        if panel in inv_d:
+            ax.axhline(inv_d[panel], color="k", linestyle="--", linewidth=1, label=random)
         ax.set(yscale="log", ylabel="cos²")
     _legend(fig, colors, [Line2D([], [], color="k", linestyle="--", label=random)] if inv_d else [])
     _save(fig, out, "alignment")

@@ -61,7 +61,7 @@ class Run:
 
     @property
     def lower_is_better(self) -> bool:
-        return self.metric.endswith("loss")
+        return is_loss(self.metric)
 
     @property
     def key(self) -> tuple[str, ...]:
@@ -73,20 +73,21 @@ class Run:
         train = [r for r in self.rows if "lr" in r]
         return not train or any(r.get(series) is not None for r in train)
 
-    def value_at(self, step: int | None) -> float | None:
-        """Metric of the last evaluation at or before `step` (None = the final evaluation).
+    def value_at(self, step: int | None, series: str | None = None) -> float | None:
+        """`series` (default: the metric) of the last evaluation at or before `step` (None = the final one).
 
         A run that has not logged `step` yet has no value there: its last evaluation would
         pass off an earlier, worse number as the one at `step`.
         """
+        series = series or self.metric
         if step is None:
             step = self.get("train.steps")
             last = self.evals[-1] if self.evals else None
-            return last[self.metric] if last and last["step"] == step else None
+            return last.get(series) if last and last["step"] == step else None
         if not self.rows or self.rows[-1]["step"] < step:
             return None
         before = [r for r in self.evals if r["step"] <= step]
-        return before[-1][self.metric] if before else None
+        return before[-1].get(series) if before else None
 
     @property
     def selected_on(self) -> str | None:
@@ -106,17 +107,24 @@ class Run:
         pick = min if self.lower_is_better else max
         return pick(rows, key=lambda r: r[key])
 
-    def steps_to(self, target: float) -> int | None:
-        """First evaluated step whose metric reaches `target` (≤ for losses, ≥ otherwise)."""
+    def steps_to(self, target: float, series: str | None = None) -> int | None:
+        """First evaluated step whose `series` (default: the metric) reaches `target` (≤ for losses,
+        ≥ otherwise)."""
+        series = series or self.metric
         for row in self.evals:
-            value = row[self.metric]
-            if (value <= target) if self.lower_is_better else (value >= target):
+            value = row.get(series)
+            if value is not None and ((value <= target) if is_loss(series) else (value >= target)):
                 return row["step"]
         return None
 
     def mean_align_cos2(self) -> float | None:
         values = [r["align_cos2"] for r in self.rows if r.get("align_cos2") is not None]
         return statistics.fmean(values) if values else None
+
+
+def is_loss(series: str) -> bool:
+    """Whether lower is better: losses (eval_loss, the quadratic's loss) against scores (accuracy, f1)."""
+    return series.endswith("loss")
 
 
 def override_key(override: str) -> str:

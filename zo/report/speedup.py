@@ -1,0 +1,136 @@
+"""Steps each method needs to reach the baseline's final eval loss, and the speedup over the baseline.
+
+Per panel (a task, in the convergence study) the target is the baseline optimizer's final test
+`eval_loss` averaged over its seeds (the seeds that finished: an unfinished run has no final). A
+method's `steps` are the first evaluated step where its mean-over-seeds eval_loss is ≤ the target,
+counting only steps every seed of the method has logged (a mean over the seeds that got there first
+would be a different number); `steps_seed<N>` is each seed's own first such step. The speedup is
+baseline steps / method steps: above 1, the method gets there first.
+
+Its interval is a percentile bootstrap over seeds: each draw resamples the seeds of every method,
+the baseline's included, with replacement and recomputes the whole statistic from the drawn seeds,
+the target too (so the baseline always reaches its own target, as in the point estimate). A draw
+where the method never reaches the target gives no ratio; `reached` is the fraction that did, and
+the interval is taken over those. The generator's seed is fixed: a report is reproducible.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from zo.report.numbers import lines
+from zo.report.runs import ReportError, Run
+
+SERIES = "eval_loss"  # the test split's loss: what "gets there first" is measured on
+RESAMPLES = 2000
+LEVEL = 0.95
+RNG_SEED = 0
+
+
+def _table(runs: list[Run]) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, values[seed, step]) over the evaluated steps every run logged `SERIES` at."""
+    logged = [{r["step"]: r[SERIES] for r in run.evals if r.get(SERIES) is not None} for run in runs]
+    steps = sorted(set.intersection(*(set(t) for t in logged))) if logged else []
+    return np.array(steps, dtype=int), np.array([[t[s] for s in steps] for t in logged], dtype=float)
+
+
+def _first_reach(steps: np.ndarray, curves: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Per row of `curves` (one draw's mean curve), the first step at or below its target; NaN if none."""
+    hit = curves <= target[:, None]
+    return np.where(hit.any(axis=1), steps[hit.argmax(axis=1)], np.nan)
+
+
+def _mean_curves(values: np.ndarray, draws: np.ndarray) -> np.ndarray:
+    """Mean curve over the seeds of each draw: draws[b] indexes the seeds (rows) of `values`."""
+    return values[draws].mean(axis=1)
+
+
+def _number(value: float) -> float | None:
+    return None if np.isnan(value) else float(value)
+
+
+def _step(value: float) -> int | None:
+    return None if np.isnan(value) else int(value)
+
+
+class _Method:
+    """One method's seeds in a panel: its table of eval losses and the seed draws (identity first)."""
+
+    def __init__(self, name: str, runs: list[Run], rng: np.random.Generator, resamples: int) -> None:
+        self.name, self.runs = name, runs
+        self.steps, self.values = _table(runs)
+        n = len(runs)
+        self.draws = np.vstack([np.arange(n), rng.integers(0, n, (resamples, n))])
+
+    def reach(self, targets: np.ndarray) -> np.ndarray:
+        """Per draw, the first step the draw's mean curve is at or below that draw's target."""
+        if not self.steps.size:
+            return np.full(len(self.draws), np.nan)
+        return _first_reach(self.steps, _mean_curves(self.values, self.draws), targets)
+
+
+def speedup_data(
+    runs: list[Run], baseline: str = "mezo", resamples: int = RESAMPLES, seed: int = RNG_SEED
+) -> list[dict]:
+    """One row per (panel, method) of every panel with a finished `baseline` run; see the module docstring.
+
+    The baseline comes first in its panel (its speedup is 1 by construction), then the others by label.
+    """
+    by_panel: dict[str, list[tuple[str, list[Run]]]] = {}
+    for name, panel, members in lines(runs):
+        by_panel.setdefault(panel, []).append((name, members))
+    rng = np.random.default_rng(seed)
+    rows = []
+    for panel, methods in by_panel.items():
+        base = [(name, m) for name, m in methods if m[0].get("optimizer.name") == baseline]
+        if len(base) > 1:
+            raise ReportError(
+                f"panel {panel!r} has {len(base)} {baseline} settings ({', '.join(n for n, _ in base)}); "
+                "the speedup needs one: report on a folder with one, or pick another --baseline"
+            )
+        finished = [r for _, m in base for r in m if r.value_at(None, SERIES) is not None]
+        if not finished:
+            continue
+        ref = _Method(base[0][0], finished, rng, resamples)
+        curves = _mean_curves(ref.values, ref.draws)
+        targets = curves[:, -1]  # each draw's mean final eval loss
+        ref_reach = _first_reach(ref.steps, curves, targets)
+        others = sorted(((name, m) for name, m in methods if m is not base[0][1]), key=lambda nm: nm[0])
+        for method in [ref, *(_Method(name, m, rng, resamples) for name, m in others)]:
+            rows.append(_row(panel, baseline, method, targets, ref_reach))
+    return rows
+
+
+def _row(panel: str, baseline: str, method: _Method, targets: np.ndarray, ref_reach: np.ndarray) -> dict:
+    """The speedup.csv row of one method: the point estimate (draw 0) and the bootstrap (the rest)."""
+    reach = method.reach(targets)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(reach > 0, ref_reach / reach, np.nan)  # at step 0 there is nothing to compare
+    boot = ratio[1:][~np.isnan(ratio[1:])]
+    tail = 50 * (1 - LEVEL)
+    low, high = (float(q) for q in np.percentile(boot, [tail, 100 - tail])) if boot.size else (None, None)
+    first = method.runs[0]
+    finals = [v for r in method.runs if (v := r.value_at(None, SERIES)) is not None]
+    target = float(targets[0])
+    row = {
+        "panel": panel,
+        "task": first.get("task.name"),
+        "label": method.name,
+        "optimizer": first.get("optimizer.name"),
+        "baseline": baseline,
+        "series": SERIES,
+        "target": target,
+        "seeds": len(method.runs),
+        "evaluated_to": int(method.steps[-1]) if method.steps.size else None,
+        "final": float(np.mean(finals)) if finals else None,
+        "steps": _step(reach[0]),
+        "baseline_steps": _step(ref_reach[0]),
+        "speedup": _number(ratio[0]),
+        "speedup_lo": low,
+        "speedup_hi": high,
+        "reached": float(np.mean(~np.isnan(reach[1:]))) if len(reach) > 1 else None,
+        "resamples": len(reach) - 1,
+    }
+    for run in sorted(method.runs, key=lambda r: r.get("train.seed") or 0):
+        row[f"steps_seed{run.get('train.seed')}"] = run.steps_to(target, SERIES)
+    return row
