@@ -21,6 +21,7 @@ KEYS = {
     "data_seed",
     "max_length",
     "train_loss",
+    "encoding",
 }
 
 

@@ -1,93 +1,297 @@
 """Check the composed config before any model or data loads.
 
 A sweep that dies an hour in because θ was typed in degrees wastes a GPU hour;
-a one-line error at start-up costs nothing. Every check names the key and the
-values it accepts.
+a one-line error at start-up costs nothing. Every check names the key, the value
+and what is allowed.
+
+Each config section is a dataclass (its schema): the field's annotation says the
+type (a number, an integer, true or false, one of a few names, a path or null),
+and the class's `checks()` says the range, as each optimizer's `Config` does.
+`section` applies both, and refuses keys the schema does not know, so a key added
+to a YAML file without a field here fails on its first use instead of going
+unchecked. Optimizers register their own `Config` (zo.optim).
 """
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
+import types
 import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from zo import ZOError
 from zo.models import KINDS, ModelConfig
-from zo.optim import make_config
+from zo.optim import get
 from zo.optim import names as optimizer_names
 from zo.optim.base import DTYPES, OptimConfig
+from zo.schedule import ScheduleConfig
+
+SOURCES = ("hub", "smollm2_wheel", "minilm_wheel", "tiny", "quadratic")
+TOKENIZERS = ("", "minilm", "smollm2")
 
 
 class ConfigError(ValueError):
     """A config value is out of range; exit code 2."""
 
 
-def _check(ok: bool, key: str, value: object, allowed: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}={value} is invalid: allowed {allowed}")
+Checks = dict[str, tuple[bool, str]]
+
+
+@dataclass
+class TrainConfig:
+    """train.*"""
+
+    steps: int
+    batch_size: int
+    eval_every: int
+    eval_samples: int
+    dev_samples: int
+    eval_batch_size: int
+    seed: int
+    device: Literal["auto", "cpu", "cuda"]
+    stall_steps: int
+    diverge_factor: float
+
+    def checks(self) -> Checks:
+        return {
+            "steps": (self.steps >= 0, "steps >= 0"),
+            "batch_size": (self.batch_size >= 1, "batch_size >= 1"),
+            "eval_every": (self.eval_every >= 0, "eval_every >= 0 (0 = only at start and end)"),
+            "eval_samples": (self.eval_samples >= 1, "eval_samples >= 1"),
+            "dev_samples": (self.dev_samples >= 0, "dev_samples >= 0 (0 = no dev evaluation)"),
+            "eval_batch_size": (self.eval_batch_size >= 1, "eval_batch_size >= 1"),
+            "seed": (self.seed >= 0, "seed >= 0"),
+            "stall_steps": (self.stall_steps >= 0, "stall_steps >= 0 (0 = off)"),
+            "diverge_factor": (
+                self.diverge_factor == 0 or self.diverge_factor > 1,
+                "0 (off) or a factor > 1",
+            ),
+        }
+
+
+@dataclass
+class TaskConfig:
+    """task.*"""
+
+    name: str
+    sampling: Literal["auto", "kshot", "fixed", "full"]
+    k: int
+    num_train: int
+    num_dev: int
+    num_test: int
+    test_cap: int
+    data_seed: int
+    max_length: int
+    train_loss: Literal["auto", "classification", "lm"]
+    encoding: str
+
+    def checks(self) -> Checks:
+        from data import TASKS
+
+        return {
+            "name": (self.name in TASKS, "one of " + ", ".join(sorted(TASKS))),
+            "k": (self.k >= 1, "k >= 1"),
+            "num_train": (self.num_train >= 1, "num_train >= 1"),
+            "num_dev": (self.num_dev >= 0, "num_dev >= 0"),
+            "num_test": (self.num_test >= 1, "num_test >= 1"),
+            "test_cap": (self.test_cap >= 1, "test_cap >= 1"),
+            "data_seed": (0 <= self.data_seed < 2**32, "0 <= data_seed < 2^32"),
+            "max_length": (self.max_length >= 1, "max_length >= 1 (tokens)"),
+            "encoding": (self.encoding == "auto" or _is_codec(self.encoding), "auto or a Python codec name"),
+        }
+
+
+def _is_codec(name: str) -> bool:
+    try:
+        codecs.lookup(name)
+    except LookupError:
+        return False
+    return True
+
+
+@dataclass
+class DataConfig:
+    """data.*"""
+
+    root: str | None
+
+    def checks(self) -> Checks:
+        exists = self.root is None or Path(self.root).expanduser().is_dir()
+        return {"root": (exists, "an existing folder, or null (then ../shared/datasets)")}
+
+
+@dataclass
+class LogConfig:
+    """log.*"""
+
+    wandb: Literal["online", "offline", "disabled"]
+    project: str
+    align_every: int
+
+    def checks(self) -> Checks:
+        return {
+            "project": (bool(self.project), "a non-empty name"),
+            "align_every": (self.align_every >= 0, ">= 0 (0 = off)"),
+        }
+
+
+@dataclass
+class CkptConfig:
+    """ckpt.*"""
+
+    every: int
+
+    def checks(self) -> Checks:
+        return {"every": (self.every >= 0, ">= 0 (0 = only when stopped)")}
+
+
+class ModelKeys(ModelConfig):
+    """model.*: `ModelConfig`'s fields and the values each may take."""
+
+    def checks(self) -> Checks:
+        return {
+            "kind": (self.kind in KINDS, "one of " + ", ".join(KINDS)),
+            "source": (self.source in SOURCES, "one of " + ", ".join(SOURCES)),
+            "dtype": (self.dtype in DTYPES, "one of " + ", ".join(DTYPES)),
+            "trainable": (self.trainable == "all", "all (full-parameter ZO; nothing else is implemented)"),
+            "tokenizer": (
+                self.tokenizer in TOKENIZERS[1:] if self.source == "tiny" else self.tokenizer in TOKENIZERS,
+                "minilm or smollm2 (the offline tokenizers; required by source=tiny)",
+            ),
+            "d": (self.d >= 1, "d >= 1"),
+            "init_norm": (self.init_norm >= 0, "init_norm >= 0"),
+        }
+
+
+@dataclass
+class TopConfig:
+    """The keys at the top of conf/config.yaml; `overrides` is added by launch.py after validation."""
+
+    resume: bool
+    force: bool
+    overrides: list = dataclasses.field(default_factory=list)
+
+    def checks(self) -> Checks:
+        return {}
+
+
+SECTIONS: dict[str, type] = {
+    "train": TrainConfig,
+    "task": TaskConfig,
+    "schedule": ScheduleConfig,
+    "model": ModelKeys,
+    "data": DataConfig,
+    "log": LogConfig,
+    "ckpt": CkptConfig,
+}
+IGNORED = {"hydra"}  # present when a test composes with return_hydra_config
 
 
 def validate(cfg: DictConfig) -> None:
-    from data import TASKS
-
-    t, tr = cfg.train, cfg.task
-    o = optim_config(cfg)
-    for key, (ok, allowed) in o.checks().items():
-        _check(ok, f"optimizer.{key}", getattr(o, key), allowed)
-    _check(t.steps >= 0, "train.steps", t.steps, "steps >= 0")
-    _check(t.batch_size >= 1, "train.batch_size", t.batch_size, "batch_size >= 1")
-    _check(t.eval_every >= 0, "train.eval_every", t.eval_every, "eval_every >= 0 (0 = only at start and end)")
-    _check(t.eval_samples >= 1, "train.eval_samples", t.eval_samples, "eval_samples >= 1")
-    _check(t.dev_samples >= 0, "train.dev_samples", t.dev_samples, "dev_samples >= 0 (0 = no dev evaluation)")
-    losses = ("auto", "classification", "lm")
-    _check(tr.train_loss in losses, "task.train_loss", tr.train_loss, "one of " + ", ".join(losses))
-    _check(t.device in ("auto", "cpu", "cuda"), "train.device", t.device, "auto, cpu or cuda")
-    _check(tr.name in TASKS, "task.name", tr.name, "one of " + ", ".join(sorted(TASKS)))
-    samplings = ("auto", "kshot", "fixed", "full")
-    _check(tr.sampling in samplings, "task.sampling", tr.sampling, "one of " + ", ".join(samplings))
-    _check(cfg.model.kind in KINDS, "model.kind", cfg.model.kind, "one of " + ", ".join(KINDS))
-    _check(cfg.model.dtype in DTYPES, "model.dtype", cfg.model.dtype, "one of " + ", ".join(DTYPES))
-    modes = ("online", "offline", "disabled")
-    _check(cfg.log.wandb in modes, "log.wandb", cfg.log.wandb, "one of " + ", ".join(modes))
-    _check(cfg.log.align_every >= 0, "log.align_every", cfg.log.align_every, ">= 0 (0 = off)")
-    _check(cfg.ckpt.every >= 0, "ckpt.every", cfg.ckpt.every, ">= 0 (0 = only when stopped)")
-    _check(
-        cfg.schedule.kind in ("warmup", "constant"), "schedule.kind", cfg.schedule.kind, "warmup or constant"
-    )
+    """Every key's type, then its range, section by section; the first failure as one line."""
+    optim_config(cfg)
+    for name, schema in SECTIONS.items():
+        section(schema, values(cfg, name), name)
+    flags = {f.name for f in dataclasses.fields(TopConfig)}
+    known = {"optimizer", *SECTIONS, *flags}
+    unknown = sorted(k for k in set(cfg) - known - IGNORED if not interpolated(cfg, k))
+    if unknown:
+        raise ConfigError(f"{unknown[0]} is not a key of the config; its keys: {', '.join(sorted(known))}")
+    section(TopConfig, values(OmegaConf.masked_copy(cfg, sorted(flags & set(cfg)))), "")
 
 
-_KINDS = {float: (int, float), int: (int,), bool: (bool,), str: (str,)}
-_WORDS = {float: "a number", int: "an integer", bool: "true or false", str: "a string"}
+def interpolated(cfg: DictConfig, key: str) -> bool:
+    """Whether another value reads `key` through an interpolation (`${key.…}`): a lookup table such as
+    a sweep's `lr_by_optimizer` is allowed at the top; any other unknown key is a typo."""
+    text = OmegaConf.to_yaml(cfg)  # unresolved
+    return any(f"${{{key}{end}" in text for end in ".}[")
+
+
+def values(cfg: DictConfig, name: str | None = None) -> dict:
+    """A section as plain values, interpolations resolved; a missing `???` is a ConfigError."""
+    if name is not None and name not in cfg:
+        raise ConfigError(f"{name}: the section is missing from the config (conf/config.yaml defines it)")
+    node = cfg if name is None else cfg[name]
+    try:
+        return OmegaConf.to_container(node, resolve=True, throw_on_missing=True)  # type: ignore[return-value]
+    except MissingMandatoryValue as err:
+        raise ConfigError(f"{err.full_key} is missing: set it, e.g. {err.full_key}=VALUE") from err
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or name
+        raise ConfigError(f"{key}: {str(err).splitlines()[0]}") from err
+
+
+def section(schema: type, given: dict, prefix: str, what: str | None = None) -> typing.Any:
+    """The schema's instance from `given`: unknown and missing keys, types, then `checks()`."""
+    dotted = f"{prefix}." if prefix else ""
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    unknown = sorted(set(given) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"{dotted}{unknown[0]} is not a key of {what or prefix or 'the config'}; "
+            f"its keys: {', '.join(sorted(fields))}"
+        )
+    for f in fields.values():
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if required and f.name not in given:
+            raise ConfigError(f"{dotted}{f.name} is missing: set it, e.g. {dotted}{f.name}=VALUE")
+    obj = schema(**typed(schema, given, prefix))
+    for key, (ok, allowed) in obj.checks().items():
+        if not ok:
+            raise ConfigError(f"{dotted}{key}={getattr(obj, key)} is invalid: allowed {allowed}")
+    return obj
+
+
+_SCALARS = {float: "a number", int: "an integer", bool: "true or false", str: "a string", dict: "a mapping",
+            list: "a list"}  # fmt: skip
+
+
+def _admits(want: object, value: object) -> tuple[bool, str]:
+    """Whether `value` fits the annotation `want`, and the annotation in words."""
+    origin = typing.get_origin(want)
+    if origin is Literal:
+        options = typing.get_args(want)
+        return value in options, "one of " + ", ".join(map(str, options))
+    if origin in (typing.Union, types.UnionType):
+        arms = [a for a in typing.get_args(want) if a is not type(None)]
+        ok, words = _admits(arms[0], value)
+        return value is None or ok, f"{words} or null"
+    if want not in _SCALARS:
+        return True, ""
+    ok = isinstance(value, (int, float) if want is float else want)  # type: ignore[arg-type]
+    return ok and (want is bool or not isinstance(value, bool)), _SCALARS[want]  # type: ignore[index]
 
 
 def typed(cls: type, values: dict, prefix: str) -> dict:
     """Check each value against the dataclass field's annotation (a number where a number belongs),
     before any comparison could fail on it with a TypeError."""
     hints = typing.get_type_hints(cls)
+    dotted = f"{prefix}." if prefix else ""
     for f in dataclasses.fields(cls):
-        if f.name not in values:
-            continue
-        want, value = hints[f.name], values[f.name]
-        kinds = _KINDS.get(want)
-        if kinds and (not isinstance(value, kinds) or (want is not bool and isinstance(value, bool))):
-            raise ConfigError(f"{prefix}.{f.name}={value} is invalid: allowed {_WORDS[want]}")
+        if f.name in values:
+            ok, words = _admits(hints[f.name], values[f.name])
+            if not ok:
+                raise ConfigError(f"{dotted}{f.name}={values[f.name]} is invalid: allowed {words}")
     return values
 
 
 def optim_config(cfg: DictConfig) -> OptimConfig:
     """The optimizer's own Config from `optimizer.*`: unknown names, unknown keys and wrong types
     are ConfigErrors (exit 2)."""
-    values = OmegaConf.to_container(cfg.optimizer, resolve=True)
-    name = values.get("name")
+    given = values(cfg, "optimizer")
+    name = given.get("name")
     if name not in optimizer_names():
         raise ConfigError(f"optimizer.name={name} is invalid: allowed one of " + ", ".join(optimizer_names()))
+    cls = get(name)
     try:
-        from zo.optim import get
-
-        cls = get(name)
-        o = make_config(typed(cls.Config, values, "optimizer"))
-    except ZOError as err:
+        o = section(cls.Config, given, "optimizer", what=f"optimizer {name}")
+    except ZOError as err:  # a Config that refuses a combination in __post_init__
         raise ConfigError(str(err)) from err
     if o.queries > 1 and not cls.supports_queries:
         raise ConfigError(f"optimizer.queries={o.queries} is invalid: {name} takes one probe pair a step (1)")
@@ -95,4 +299,8 @@ def optim_config(cfg: DictConfig) -> OptimConfig:
 
 
 def model_config(cfg: DictConfig) -> ModelConfig:
-    return ModelConfig(**OmegaConf.to_container(cfg.model, resolve=True))
+    return ModelConfig(**values(cfg, "model"))
+
+
+def schedule_config(cfg: DictConfig) -> ScheduleConfig:
+    return ScheduleConfig(**values(cfg, "schedule"))
