@@ -2,7 +2,8 @@
 
 Every path ends in a plain `transformers` model and tokenizer, so the objectives
 never care where weights came from. Loading fails with one line naming the hub
-id and the local paths tried, never with a hub traceback.
+id and the local paths tried (or the local folder and what it lacks), never with a
+hub traceback.
 """
 
 from __future__ import annotations
@@ -145,7 +146,18 @@ def load_model(cfg: ModelConfig, num_labels: int, seed: int) -> tuple[nn.Module,
             model = _auto_class(cfg.kind).from_config(config)
         else:
             model = _auto_class(cfg.kind).from_pretrained(_resolve(cfg), dtype=DTYPES[cfg.dtype], **extra)
-    except OSError as err:
+    except (OSError, ValueError, KeyError) as err:
+        folder = Path(cfg.name_or_path).expanduser() if cfg.name_or_path else None
+        if folder is not None and folder.is_dir():  # a folder wins over the hub: it is what failed
+            what = "is empty" if not any(folder.iterdir()) else "is incomplete"
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+            raise ZOError(
+                f"model folder {folder} {what} ({type(err).__name__}: {first}): model.name_or_path must be a "
+                "folder written by save_pretrained (config.json, the weights, the tokenizer files), "
+                "e.g. `hf download <id> --local-dir DIR`"
+            ) from err
+        if not isinstance(err, OSError):
+            raise
         raise ZOError(
             f"model '{cfg.name}' not found: hub id '{cfg.name_or_path}' is unreachable "
             f"(HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')}) and no local folder "
