@@ -12,6 +12,8 @@ A step is one forward with a backward pass:
 Nothing is perturbed, so these classes do not inherit ZOOptimizer's hooks, flat buffers or
 noise: they provide only what the runner, the checkpoint and the tests call. Choices:
 
+- The model stays in eval mode, as the runner sets it for every method: dropout is off, so the
+  baseline trains the same network the ZO methods do (typical fine-tuning recipes keep dropout on).
 - Weight decay follows `zo.flat`: it applies to matrices and embeddings (p.ndim >= 2), not to
   biases and norm weights, via two torch.optim parameter groups.
 - `optimizer.fused=true` uses torch.optim's fused step (one kernel over all tensors, no per-tensor
