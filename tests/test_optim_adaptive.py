@@ -13,8 +13,10 @@ from tests.test_kernels import Tied, tiny_llama
 from tests.test_optim import Linear, zo_step
 from zo import ZOError
 from zo.config import ConfigError, validate
+from zo.fused import kernel
 from zo.noise import mix
 from zo.optim import build
+from zo.optim.zo_adam import adam_step
 
 
 class HalfSquare(nn.Module):
@@ -234,3 +236,20 @@ def test_bad_keys_are_one_line_config_errors(overrides: list[str], needle: str) 
 @pytest.mark.parametrize("name", ["mezo", "meazo", "zo_adam"])
 def test_queries_are_taken_where_the_update_uses_them(name: str) -> None:
     validate(compose([*QUAD, f"optimizer={name}", "optimizer.queries=4"]))
+
+
+def test_zo_adam_fused_kernel_follows_eager() -> None:
+    """The compiled adam_step (two noises, coupled decay, the running max) against the same math op by op."""
+    outs = []
+    for fused in (False, True):
+        gen = torch.Generator().manual_seed(0)
+        x, m, v = torch.randn(3, 1000, generator=gen).unbind()
+        v, peak = v.abs(), v.abs() * 1.5  # the max holds where it is larger, moves where v passes it
+        hyper = (0.9, 0.999, 1 - 0.9**3, 1 - 0.999**3, 1e-8)
+        kernel(adam_step, fused)(
+            x, (m, v, peak), 10, (11, 0.7, ((12, -0.3),)), (1, 2, 3, 4), 0.1, 1e-2, hyper, True
+        )
+        outs.append((x, m, v, peak))
+    for eager, compiled in zip(*outs, strict=True):
+        torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
+    assert 0 < int((outs[0][3] == outs[0][2]).sum()) < 1000

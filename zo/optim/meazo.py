@@ -46,6 +46,7 @@ GROUPINGS = ("none", "layer", "tensor")
 
 @dataclass
 class MEAZOConfig(OptimConfig):
+    lr: float = 1e-5  # per-coordinate step ~η (see conf/optimizer/meazo.yaml)
     beta: float = 0.999  # β of the EMA of g² (the analogue of Adam's β₂)
     zeta: float = 1e-8  # ζ, added to √v̂
     groups: str = "none"  # none | layer | tensor: one scalar v per group (block-coordinate steps)
