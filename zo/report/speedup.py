@@ -5,7 +5,8 @@ Per panel (a task, in the convergence study) the target is the baseline optimize
 method's `steps` are the first evaluated step where its mean-over-seeds eval_loss is ≤ the target,
 counting only steps every seed of the method has logged (a mean over the seeds that got there first
 would be a different number); `steps_seed<N>` is each seed's own first such step. The speedup is
-baseline steps / method steps: above 1, the method gets there first.
+baseline steps / method steps: above 1, the method gets there first (none where the method is
+there at step 0, before its first update: no optimizer is faster than another at step 0).
 
 Its interval is a percentile bootstrap over seeds: each draw resamples the seeds of every method,
 the baseline's included, with replacement and recomputes the whole statistic from the drawn seeds,
