@@ -12,7 +12,8 @@ The steps in between use the batch B and a fresh z, both at x and at the snapsho
 The snapshot is one parameter-sized buffer in the weights' dtype, copied bitwise. G is *not*
 stored (the doc's table counts it as a second buffer): with counter-based noise it is the anchor's
 z̃ regenerated from the anchor step's seed, times the scalar c. That trades one parameter-sized
-buffer for one extra noise draw inside each minibatch update, which fuses into the same pass.
+buffer for one extra noise draw inside each minibatch update (MeZO's kernel with z̃ as a second
+direction), which fuses into the same pass.
 
 Choices the method leaves open:
 - The live weights never serve as the snapshot (the LOREN repo's copy of references does that,
@@ -36,11 +37,9 @@ from dataclasses import dataclass
 import torch
 
 from zo.flat import Run, Segment
-from zo.noise import normal_at, positions
 from zo.optim import register
 from zo.optim.base import OptimConfig, Probe, ZOOptimizer
 from zo.optim.mezo import mezo_step
-from zo.rounding import round_to
 
 ANCHOR = (Probe(+1.0, data="full"), Probe(-1.0, data="full"))
 CORRECTED = (Probe(+1.0), Probe(-1.0), Probe(+1.0, at="snapshot"), Probe(-1.0, at="snapshot"))
@@ -59,21 +58,6 @@ class MeZOSVRGConfig(OptimConfig):
                 "anchor_every >= 1 (1: every step is a full-batch step)",
             ),
         }
-
-
-def svrg_step(
-    x: torch.Tensor,
-    start: int,
-    seeds: tuple[int, int, int],
-    decay: float,
-    step: float,
-    anchor_step: float,
-    sr: bool,
-) -> None:
-    """x ← decay·x − step·z − anchor_step·z̃, z and z̃ redrawn in place (seeds: z, z̃, rounding)."""
-    idx = positions(start, x.numel(), x.device)
-    new = decay * x.float() - step * normal_at(idx, seeds[0]) - anchor_step * normal_at(idx, seeds[1])
-    x.copy_(round_to(new, x.dtype, idx, seeds[2], sr))
 
 
 @register
@@ -125,20 +109,19 @@ class MeZOSVRG(ZOOptimizer):
         return self.note_estimate((losses[0] - losses[1]) / two_eps)
 
     def update(self, lr: float, beta: float | None) -> None:
-        sr = self.cfg.stochastic_rounding
+        """Anchor: x̃ ← x, then x ← x − η_fb c z̃. Otherwise x ← x − η_mb (c_B(x) − c_B(x̃)) z − η_mb c z̃:
+        MeZO's kernel either way, z̃ as its second direction."""
+        p = self.projected_grad
         if self.anchoring:
             for snap, buffer in zip(self.snapshot, self.flat.buffers, strict=True):
                 snap.copy_(buffer.data)
-            self.anchor_step, self.anchor_seed, self.anchor_grad = self.t, self.step_seed, self.projected_grad
-            step, move = self.kernel(mezo_step), self.cfg.lr_full * self.projected_grad
-            for x, _, start, decay in self.slices(self.cfg.lr_full):
-                step(x, start, self.step_seed, self.round_seed(1), decay, move, sr)
-            return
-        seeds = (self.step_seed, self.anchor_seed, self.round_seed(1))
-        move, anchor_move = lr * (self.projected_grad - self.snapshot_grad), lr * self.anchor_grad
-        step = self.kernel(svrg_step)
+            self.anchor_step, self.anchor_seed, self.anchor_grad = self.t, self.step_seed, p
+            lr, move, anchor = self.cfg.lr_full, self.cfg.lr_full * p, ()
+        else:
+            move, anchor = lr * (p - self.snapshot_grad), ((self.anchor_seed, lr * self.anchor_grad),)
+        step, sr = self.kernel(mezo_step), self.cfg.stochastic_rounding
         for x, _, start, decay in self.slices(lr):
-            step(x, start, seeds, decay, move, anchor_move, sr)
+            step(x, start, self.step_seed, self.round_seed(1), decay, move, sr, anchor)
 
     def state_dict(self) -> dict:
         anchor = {
