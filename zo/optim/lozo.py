@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from zo import ZOError
-from zo.flat import Run, Segment
+from zo.flat import Run, Segment, block_limit
 from zo.noise import EAGER_PIECE, mix, normal_at, positions
 from zo.optim import register
 from zo.optim.base import OptimConfig, ZOOptimizer
@@ -159,8 +159,8 @@ class LOZO(ZOOptimizer):
 
     # ---- perturbation --------------------------------------------------------------------------
     def _chunks(self, mat: Matrix, r0: int, r1: int) -> Iterator[tuple[int, int]]:
-        """Rows [r0, r1) in pieces that bound the fp32 transients of a matrix's pass."""
-        step = max(EAGER_PIECE // mat.width, 1)
+        """Rows [r0, r1) in pieces that bound the fp32 transients of a matrix's pass (below a block)."""
+        step = max(min(EAGER_PIECE, block_limit(self.d)) // mat.width, 1)
         for a in range(r0, r1, step):
             yield a, min(a + step, r1)
 
