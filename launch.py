@@ -4,8 +4,11 @@ Hydra composes conf/config.yaml with the groups optimizer, model, task and
 schedule; zo.runner does the rest. Two things happen before Hydra sees argv:
 - `-m/--multirun` may stand anywhere (Hydra's parser rejects overrides on both
   sides of it, but `... task=trec -m optimizer.theta=1.2,1.35` is what people type);
-- an unknown group option (`optimizer=adam`) is a one-line error with exit code 2
-  that lists the choices, instead of Hydra's multi-line one.
+- an unknown group option (`optimizer=adam`, also inside a sweep: `choice(mezo,adam)`,
+  `mezo,adam`, a `glob` that matches nothing) is a one-line error with exit code 2 that
+  lists the choices, instead of Hydra's multi-line one.
+In a sweep (-m), a job whose config is invalid or whose run fails prints its one line
+and the sweep goes on; the sweep then exits with code 1, naming the failed jobs.
 """
 
 from __future__ import annotations
@@ -46,14 +49,35 @@ def options(group: str) -> list[str]:
     return sorted(p.stem for p in folder.glob("*.yaml") if not p.stem.startswith("_"))
 
 
+def picked(arg: str) -> tuple[str, list[str]] | None:
+    """The config group an override sets and every option it picks (all of a sweep's), or None where
+    it sets no group, or where Hydra will judge the value itself (interval, a syntax error)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ChoiceSweep, Glob, RangeSweep
+
+    try:
+        override = OverridesParser.create().parse_override(arg)
+    except Exception:  # Hydra reports its own syntax errors, with the position
+        return None
+    group, value = override.key_or_group, override.value()
+    if group not in GROUPS or override.is_delete():
+        return None
+    if isinstance(value, Glob):
+        return group, value.filter(options(group)) or [arg.partition("=")[2]]
+    if isinstance(value, (ChoiceSweep, RangeSweep)):
+        return group, [str(v) for v in override.sweep_string_iterator()]
+    return (group, [value]) if isinstance(value, str) else None
+
+
 def check_groups(args: list[str]) -> None:
     for arg in args:
-        key, sep, value = arg.lstrip("+~").partition("=")
-        if not sep or key not in GROUPS:
+        found = picked(arg)
+        if found is None:
             continue
-        for choice in value.split(","):
-            if choice not in options(key):
-                fail(f"unknown {key} '{choice}'; choose one of: {', '.join(options(key))}", 2)
+        group, chosen = found
+        for choice in chosen:
+            if choice not in options(group):
+                fail(f"unknown {group} '{choice}'; choose one of: {', '.join(options(group))}", 2)
 
 
 def prepare_argv(args: list[str]) -> list[str]:
@@ -73,6 +97,9 @@ def prepare_argv(args: list[str]) -> list[str]:
     return flags + rest + [f"hydra.searchpath=[file://{ROOT}]"]
 
 
+FAILED: list[str] = []  # jobs of this (local) sweep that failed, for the exit code at the end
+
+
 @hydra.main(config_path=str(CONF), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     from data import DataError
@@ -81,9 +108,12 @@ def main(cfg: DictConfig) -> float | None:
 
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode.name == "MULTIRUN"
+    out_dir = Path(hydra_cfg.runtime.output_dir)
     try:
         validate(cfg)
     except ConfigError as err:
+        if multirun:  # one invalid grid point fails as its own job; the others run
+            return job_failed(out_dir, err)
         fail(str(err), 2)
     with open_dict(cfg):
         cfg.overrides = list(hydra_cfg.overrides.task)
@@ -91,19 +121,28 @@ def main(cfg: DictConfig) -> float | None:
     from zo.tracking import print_summary
 
     try:
-        summary = run(cfg, Path(hydra_cfg.runtime.output_dir))
+        summary = run(cfg, out_dir)
     except (ZOError, DataError) as err:
         if multirun:  # one failed job must not take the rest of the sweep down
-            print(f"error: {err}", file=sys.stderr)
-            return None
+            return job_failed(out_dir, err)
         fail(str(err), 1)
     print_summary(summary)
-    if summary["status"] == "interrupted" and not multirun:
+    if summary["status"] == "interrupted":  # in a sweep too: Ctrl-C stops the sweep, not one job
         fail(summary["error"], 130)
     final = summary.get("final") or {}
     return final.get(summary["metric"])
 
 
+def job_failed(out_dir: Path, err: Exception) -> None:
+    print(f"error: {out_dir}: {err}", file=sys.stderr)
+    FAILED.append(str(out_dir))
+
+
 if __name__ == "__main__":
     sys.argv = sys.argv[:1] + prepare_argv(sys.argv[1:])
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # before the run installed its handlers (imports, Hydra's setup)
+        fail("interrupted before the run started; nothing was written", 130)
+    if FAILED:
+        fail(f"{len(FAILED)} job(s) of the sweep failed (their errors are above): {', '.join(FAILED)}", 1)

@@ -79,7 +79,7 @@ def test_killed_and_resumed_run_matches_uninterrupted(tmp_path: Path, needs_shar
         assert "resume=true" in stderr.strip().splitlines()[-1]
     else:
         assert proc.returncode == -signal.SIGKILL and status == "running"
-    assert (cut / "checkpoint.pt").exists()
+    assert (cut / "checkpoint.safetensors").exists()
     assert len(read_metrics(cut / "metrics.jsonl")) < 31
 
     done = cli([*args, f"hydra.run.dir={cut}", "resume=true"], tmp_path)
@@ -108,7 +108,7 @@ def test_nan_loss_stops_with_one_line_and_keeps_metrics(tmp_path: Path, needs_sh
 @pytest.mark.parametrize(
     ("override", "needle"),
     [
-        ("optimizer=adam", "unknown optimizer 'adam'; choose one of: conmezo, mezo, mezo_momentum"),
+        ("optimizer=adam", "unknown optimizer 'adam'; choose one of: "),
         ("task=nope", "unknown task 'nope'"),
         ("model=gpt5", "unknown model 'gpt5'"),
         ("optimizer.theta=2.0", "optimizer.theta=2.0 is invalid: allowed 0 <= theta <= pi/2"),
@@ -191,8 +191,6 @@ def test_flags_move_before_overrides(argv: list[str], expected: list[str]) -> No
 def test_full_disk_keeps_previous_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import errno
 
-    import torch
-
     from zo import ZOError, checkpoint
     from zo.optim import build
     from zo.optim.base import OptimConfig
@@ -200,14 +198,15 @@ def test_full_disk_keeps_previous_checkpoint(tmp_path: Path, monkeypatch: pytest
 
     model = Quadratic(d=10)
     opt = build(model, OptimConfig(name="conmezo"), seed=0)
-    checkpoint.save(tmp_path, model, opt, step=4, metrics_bytes=123)
+    checkpoint.save(tmp_path, model, opt, step=4, metrics_bytes=123, config={}, runner={})
     before = (tmp_path / checkpoint.NAME).read_bytes()
 
-    def full(*args, **kwargs):
+    def full(path, tensors, header):  # half the file fits, then the disk is full
+        path.write_bytes(before[: len(before) // 2])
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(torch, "save", full)
+    monkeypatch.setattr(checkpoint, "write", full)
     with pytest.raises(ZOError, match="disk full while writing .*previous checkpoint and metrics are intact"):
-        checkpoint.save(tmp_path, model, opt, step=8, metrics_bytes=456)
+        checkpoint.save(tmp_path, model, opt, step=8, metrics_bytes=456, config={}, runner={})
     assert (tmp_path / checkpoint.NAME).read_bytes() == before
-    assert not list(tmp_path.glob("*.tmp"))
+    assert not list(tmp_path.glob(".*.tmp"))

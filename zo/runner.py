@@ -1,10 +1,14 @@
 """The training loop, top to bottom.
 
-    load task, model, objective, optimizer   (or resume them from checkpoint.pt)
+    decide what the output folder allows (resume, skip, start fresh, or refuse: zo.checkpoint)
+    load task, model, objective, optimizer   (and restore them from the checkpoint)
     evaluate once before training
     for each step:  the optimizer's probe forwards → estimate → update
                     log a row; sometimes evaluate, check alignment, checkpoint
     evaluate at the end; write summary.json
+
+Every way out of the loop (finished, a signal, a divergence, an exception) goes
+through one place, `zo.tracking.RunRecord`, which keeps summary.json's status true.
 
 Each evaluation scores the dev split (which picks the best step, as MeZO selects its
 checkpoint) and the test split (which is reported): `best` is the step with the best
@@ -16,27 +20,26 @@ the rounding. That is what makes a resumed run identical to an uninterrupted one
 
 from __future__ import annotations
 
-import json
 import math
-import resource
 import signal
-import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from data import DataError, Request, TaskData, build_task, load_task_data
+from data import Request, TaskData, build_task, load_task_data
+from data.readers import decoding
 from zo import ZOError, checkpoint
-from zo.config import model_config, optim_config
+from zo.config import model_config, optim_config, schedule_config
 from zo.models import load_model
 from zo.noise import mix
 from zo.objective import Objective, batches, build_objective
 from zo.optim import build
-from zo.optim.base import Probe
+from zo.optim.base import Probe, ZOOptimizer
 from zo.schedule import BetaSchedule
-from zo.tracking import MetricsLog, Progress, WandB, write_json
+from zo.tracking import RunRecord
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -70,12 +73,6 @@ def batch_indices(n: int, size: int, seed: int, step: int) -> list[int]:
 
 def train_batch(train: list, size: int, seed: int, step: int) -> list:
     return [train[i] for i in batch_indices(len(train), size, seed, step)] if train else []
-
-
-def peak_memory_mib(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # KiB on Linux
 
 
 def alignment(model, objective, batch, optimizer) -> dict[str, float]:
@@ -113,18 +110,36 @@ def mean_loss(objective: Objective, model, examples: list, chunk: int, backward:
 
 
 class StopFlag:
-    """SIGTERM/SIGINT ask the loop to checkpoint and leave after the current step."""
+    """SIGTERM, SIGINT and SIGUSR2 (Slurm's warning before a time limit) ask the loop to checkpoint
+    and leave after the current step.
+
+    Installed before anything loads. Until the loop is armed (model load, the first evaluation)
+    there is nothing to save, so a signal interrupts at once, as KeyboardInterrupt; a second signal
+    always does ("now"). After the checkpoint, `pass_on` hands the signal to the handler that was
+    there before (submitit's requeue on SIGUSR2), so a preempted job checkpoints first.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
 
     def __init__(self) -> None:
         self.signal: int | None = None
-        self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+        self.armed = False
+
+    def __enter__(self) -> StopFlag:
+        self._old = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
 
     def _handle(self, signum: int, frame) -> None:
-        if self.signal is not None:  # a second signal means "now"
-            raise KeyboardInterrupt
+        if not self.armed or self.signal is not None:
+            raise KeyboardInterrupt(signal.Signals(signum).name)
         self.signal = signum
 
-    def restore(self) -> None:
+    def pass_on(self) -> None:
+        old = self._old.get(self.signal) if self.signal is not None else None
+        if callable(old) and old is not signal.default_int_handler:
+            old(self.signal, None)
+
+    def __exit__(self, *exc: object) -> None:
         for s, handler in self._old.items():
             signal.signal(s, handler)
 
@@ -137,102 +152,103 @@ def load_data(cfg: DictConfig, task) -> TaskData:
         sampling = "kshot" if cfg.model.kind == "mlm" else "fixed"
     t = cfg.task
     req = Request(sampling, t.data_seed, t.k, t.num_train, t.num_dev, t.num_test, t.test_cap)
-    return load_task_data(task, data_root(cfg.data.root), req)
+    with decoding(t.encoding):
+        return load_task_data(task, data_root(cfg.data.root), req)
+
+
+PRECISION_SAMPLES = 1_000_000
+PRECISION_WARN = 0.10
+
+
+def unperturbed_fraction(params: list[torch.Tensor], eps: float, seed: int) -> float:
+    """Fraction of coordinates that x ± λz leaves unchanged in the weights' dtype, over an evenly
+    strided sample of at most PRECISION_SAMPLES coordinates, z ~ N(0, 1) per coordinate (MeZO's
+    direction; a method whose z is scaled otherwise sees about the same rounding). On those
+    coordinates both probes see x itself, so the update η·p·z they receive is pure noise."""
+    total = sum(p.numel() for p in params)
+    stride = max(total // PRECISION_SAMPLES, 1)
+    gen = torch.Generator().manual_seed(mix(seed, 0x9EC1))
+    same = seen = offset = 0
+    for p in params:
+        x = p.detach().reshape(-1)[(-offset) % stride :: stride]
+        offset += p.numel()
+        z = eps * torch.randn(x.numel(), generator=gen).to(x.device)
+        for sign in (1.0, -1.0):
+            same += int(((x.float() + sign * z).to(x.dtype) == x).sum())
+        seen += 2 * x.numel()
+    return same / seen if seen else 0.0
+
+
+def check_precision(optimizer, record: RunRecord, cfg: DictConfig) -> None:
+    """Measure `unperturbed_fraction` once (ZO methods only: first-order ones perturb nothing),
+    record it, and warn when it is above PRECISION_WARN."""
+    if not isinstance(optimizer, ZOOptimizer):
+        return
+    o = optimizer.cfg
+    fraction = unperturbed_fraction(optimizer.params, o.eps, cfg.train.seed)
+    record.summary["unperturbed_fraction"] = fraction
+    if fraction > PRECISION_WARN:
+        rounding = "" if o.stochastic_rounding else ", or optimizer.stochastic_rounding=true"
+        print(
+            f"warning: x ± λz rounds back to x on {fraction:.0%} of the coordinates in {cfg.model.dtype} "
+            f"(λ = optimizer.eps = {o.eps:g}), so their updates are pure noise: use model.dtype=fp32 "
+            f"(fp32 master weights) or a larger optimizer.eps{rounding}",
+            file=sys.stderr,
+        )
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary_path = out_dir / "summary.json"
-    previous = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    if previous.get("status") == "finished" and cfg.resume and not cfg.force:
+    folder = checkpoint.inspect(out_dir, OmegaConf.to_container(cfg, resolve=True))  # or refuses
+    if folder.finished is not None:
         print(f"already finished: {out_dir} (force=true runs it again)")
-        return previous
-    OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
+        return folder.finished
+    with StopFlag() as stop, RunRecord(out_dir, cfg, folder) as record:
+        # ---- build everything -------------------------------------------------------------------
+        device = pick_device(cfg.train.device)
+        task = build_task(cfg.task.name)
+        data = load_data(cfg, task)
+        model, tokenizer = load_model(model_config(cfg), task.num_labels, cfg.train.seed)
+        model.to(device).eval()  # dropout off: f(x+λz) and f(x−λz) must see the same network
+        objective = build_objective(task, cfg.model.kind, tokenizer, cfg.task.max_length, cfg.task.train_loss)
+        optimizer = build(model, optim_config(cfg), cfg.train.seed)
+        schedule = BetaSchedule(beta_final=cfg.optimizer.beta, total_steps=cfg.train.steps,
+                                **vars(schedule_config(cfg)))  # fmt: skip
+        eval_set = data.test[: cfg.train.eval_samples]
+        dev_set = data.dev[: cfg.train.dev_samples]
+        synthetic = task.task_type == "synthetic"
+        if not synthetic and (not data.train or not eval_set):
+            raise ZOError(f"task {task.name}: empty train or test split after sampling; check task.* sizes")
+        steps, metric = cfg.train.steps, objective.metric
+        # What picks the best step: dev; the objective itself on the quadratic; nothing without a dev
+        # split (picking on test would report a selected test score as if it were held out).
+        select = f"dev_{metric}" if dev_set else (metric if synthetic else None)
+        selected_on = "dev" if dev_set else ("objective" if synthetic else None)
 
-    # ---- build everything ---------------------------------------------------------------------
-    device = pick_device(cfg.train.device)
-    task = build_task(cfg.task.name)
-    data = load_data(cfg, task)
-    model, tokenizer = load_model(model_config(cfg), task.num_labels, cfg.train.seed)
-    model.to(device).eval()  # dropout off: f(x+λz) and f(x−λz) must see the same network
-    objective = build_objective(task, cfg.model.kind, tokenizer, cfg.task.max_length, cfg.task.train_loss)
-    optimizer = build(model, optim_config(cfg), cfg.train.seed)
-    schedule = BetaSchedule(
-        beta_final=cfg.optimizer.beta, total_steps=cfg.train.steps, **OmegaConf.to_container(cfg.schedule)
-    )
-    eval_set = data.test[: cfg.train.eval_samples]
-    dev_set = data.dev[: cfg.train.dev_samples]
-    synthetic = task.task_type == "synthetic"
-    if not synthetic and (not data.train or not eval_set):
-        raise ZOError(f"task {task.name}: empty train or test split after sampling; check task.* sizes")
-    steps, metric = cfg.train.steps, objective.metric
-    # What picks the best step: dev; the objective itself on the quadratic; nothing without a dev split
-    # (picking on test would report a selected test score as if it were held out).
-    select = f"dev_{metric}" if dev_set else (metric if synthetic else None)
-    lower_is_better = metric == "loss"
+        def evaluate() -> dict[str, float]:
+            scores = objective.evaluate(model, eval_set, cfg.train.eval_batch_size)
+            if dev_set:
+                dev = objective.evaluate(model, dev_set, cfg.train.eval_batch_size)
+                scores |= {f"dev_{k}": v for k, v in dev.items()}
+            return scores
 
-    def evaluate() -> dict[str, float]:
-        scores = objective.evaluate(model, eval_set, cfg.train.eval_batch_size)
-        if dev_set:
-            scores |= {
-                f"dev_{k}": v
-                for k, v in objective.evaluate(model, dev_set, cfg.train.eval_batch_size).items()
-            }
-        return scores
+        def probe_loss(probe: Probe, batch: list) -> float:
+            examples = data.train if probe.data == "full" else batch
+            with torch.set_grad_enabled(probe.grad):
+                return mean_loss(objective, model, examples, cfg.train.eval_batch_size, backward=probe.grad)
 
-    def probe_loss(probe: Probe, batch: list) -> float:
-        examples = data.train if probe.data == "full" else batch
-        with torch.set_grad_enabled(probe.grad):
-            return mean_loss(objective, model, examples, cfg.train.eval_batch_size, backward=probe.grad)
+        def save(step: int) -> None:
+            state = record.state()
+            checkpoint.save(out_dir, model, optimizer, step, record.metrics_bytes, record.config, state)
 
-    # ---- start or resume --------------------------------------------------------------------
-    resumed = checkpoint.load(out_dir, model, optimizer) if cfg.resume else None
-    start = resumed[0] if resumed else 0
-    log = MetricsLog(out_dir / "metrics.jsonl", keep_bytes=resumed[1] if resumed else None)
-    summary = {
-        "status": "running",
-        "error": None,
-        "step": start,
-        "steps": steps,
-        "metric": metric,
-        "initial": previous.get("initial") if resumed else None,
-        "final": None,
-        "best": previous.get("best") if resumed else None,
-        "selected_on": "dev" if dev_set else ("objective" if synthetic else None),
-        "test_at_best_dev": previous.get("test_at_best_dev") if resumed else None,
-        "s_per_step": None,
-        "peak_mem_mib": None,
-        "device": str(device),
-        "params": optimizer.d,
-        "overrides": list(cfg.get("overrides", [])),
-        "config": OmegaConf.to_container(cfg, resolve=True),
-        "data": data.info,
-        "output_dir": str(out_dir),
-    }
-    write_json(summary_path, summary)
-    wandb = WandB(cfg, out_dir, run_id=previous.get("wandb_id") or f"zo-{mix(time.time_ns()) % 10**10}")
-    summary["wandb_id"] = wandb.run.id if wandb.run is not None else None
-
-    def record(row: dict, evaluated: bool) -> None:
-        # The mark says which rows hold f(x) when the metric is the training loss (the quadratic).
-        log.write({**row, "evaluated": True} if evaluated else row)
-        wandb.log(row)
-        progress.step(row, evaluated)
-        if not evaluated or select is None:
-            return
-        best, value = summary["best"], row[select]
-        if best is None or (value < best[select] if lower_is_better else value > best[select]):
-            summary["best"] = {metric: row[metric], select: value, "step": row["step"]}
-            summary["test_at_best_dev"] = row[metric] if dev_set else None
-
-    progress = Progress(steps, start, metric)
-    if start == 0:
-        summary["initial"] = evaluate()
-        record({"step": 0, **summary["initial"]}, evaluated=True)
-    stop = StopFlag()
-    times: list[float] = []
-    try:
-        # ---- the ZO loop ----------------------------------------------------------------------
+        # ---- start or resume --------------------------------------------------------------------
+        start = checkpoint.load(out_dir, model, optimizer)["step"] if folder.header else 0
+        record.begin(metric, select, selected_on, device, optimizer.d, data.info)
+        check_precision(optimizer, record, cfg)
+        if start == 0:
+            record.row({"step": 0, **evaluate()}, evaluated=True)
+        stop.armed = True
+        # ---- the ZO loop --------------------------------------------------------------------------
         for step in range(start + 1, steps + 1):
             t0 = time.perf_counter()
             batch = train_batch(data.train, cfg.train.batch_size, cfg.train.seed, step)
@@ -240,7 +256,6 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
             losses = optimizer.step(step, lambda probe, b=batch: probe_loss(probe, b), cfg.optimizer.lr, beta)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-            times.append(time.perf_counter() - t0)
             row = {
                 "step": step,
                 "loss": optimizer.logged_loss(losses),
@@ -248,42 +263,20 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
                 "beta_t": beta,
                 "theta": cfg.optimizer.theta if optimizer.name == "conmezo" else None,
                 "projected_grad": optimizer.projected_grad,
-                "step_time_s": times[-1],
+                "step_time_s": time.perf_counter() - t0,
             }
             if cfg.log.align_every and step % cfg.log.align_every == 0:
                 row |= alignment(model, objective, batch, optimizer)
             evaluated = (cfg.train.eval_every and step % cfg.train.eval_every == 0) or step == steps
             if evaluated:
                 row |= evaluate()
-            record(row, evaluated)
-            summary["step"] = step
+            record.row(row, evaluated)
             if stop.signal is not None or (cfg.ckpt.every and step % cfg.ckpt.every == 0):
-                checkpoint.save(out_dir, model, optimizer, step, log.bytes)
+                save(step)
             if stop.signal is not None:
-                summary["status"] = "interrupted"
-                summary["error"] = (f"stopped by signal {stop.signal} after step {step}; resume with "
-                                    f"hydra.run.dir={out_dir} resume=true")  # fmt: skip
+                record.interrupted(stop.signal, step)
+                stop.pass_on()  # submitit requeues the job and exits here
                 break
         else:
-            summary["status"] = "finished"
-            kept = (metric, "em", "eval_loss")
-            summary["final"] = summary["initial"] if steps == 0 else {
-                k: v for k, v in row.items() if k.removeprefix("dev_") in kept}  # fmt: skip
-    except SystemExit:  # submitit's preemption/timeout handler exits from inside the loop
-        checkpoint.save(out_dir, model, optimizer, summary["step"], log.bytes)
-        summary["status"] = "interrupted"
-        summary["error"] = f"job exited after step {summary['step']}; a requeued job resumes from there"
-        raise
-    except (ZOError, DataError, KeyboardInterrupt) as err:
-        summary["status"] = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
-        summary["error"] = str(err) or "interrupted"
-        raise
-    finally:
-        stop.restore()
-        progress.close()
-        log.close()
-        summary["s_per_step"] = statistics.median(times) if times else None
-        summary["peak_mem_mib"] = peak_memory_mib(device)
-        write_json(summary_path, summary)
-        wandb.finish(summary)
-    return summary
+            record.finished()
+    return record.summary
