@@ -31,6 +31,11 @@ Subclasses say what a and c are (`coefficients`) and how x and the state move
 (`update`, one fused kernel per buffer). Each has its own `Config` (a dataclass
 extending `OptimConfig` with the method's keys and their `checks`), which mirrors
 conf/optimizer/<name>.yaml.
+
+A model may hold R independent problems as the rows of one parameter (it says so with
+`zo_rows`: the batched quadratic of bench/synthetic.py). Then every per-step number is
+an (R, 1) column and each buffer is seen as (R, d), so the same kernels run R problems
+at once. Everything that differs between one problem and R rows is in `Single` and `Rows`.
 """
 
 from __future__ import annotations
@@ -122,7 +127,7 @@ def perturbed(
     x: torch.Tensor, m: torch.Tensor | None, start: int, seed: int, a: float, c: float
 ) -> torch.Tensor:
     """`perturbed_at` for a contiguous stretch of the flat vector starting at index start."""
-    return perturbed_at(x, m, positions(start, x.numel(), x.device), seed, a, c)
+    return perturbed_at(x, m, index_of(x, start), seed, a, c)
 
 
 def perturbed_rows(
@@ -133,6 +138,79 @@ def perturbed_rows(
     width = rows.shape[-1]
     idx = start + ids.unsqueeze(-1) * width + torch.arange(width, device=rows.device)
     return perturbed_at(rows, None if m is None else m[ids], idx, seed, a, c)
+
+
+def index_of(x: torch.Tensor, start: int) -> torch.Tensor:
+    """Flat indices of x's elements, shaped like x: x is a contiguous stretch of the flat vector that
+    starts at index start, 1-D or seen as rows (`Rows.view`), so the draws broadcast like x."""
+    return positions(start, x.numel(), x.device).view(x.shape)
+
+
+class Single:
+    """The flat vector is one problem (every LM run): each per-step number (p, ‖m‖, a, c) is a float."""
+
+    count = 1
+
+    def __init__(self, d: int) -> None:
+        self.d = d  # dimension of one problem
+
+    def view(self, t: torch.Tensor | None) -> torch.Tensor | None:
+        """A flat stretch of whole problems, as the kernels see it."""
+        return t
+
+    def norm(self, total_sq: torch.Tensor) -> float:
+        """√ of a sum of squares the kernels reduced (one host sync)."""
+        return math.sqrt(float(total_sq))
+
+    def angle(self, theta: float) -> tuple[float, float]:
+        return math.cos(theta), math.sin(theta)
+
+    def is_zero(self, v: float) -> bool:
+        return v == 0.0
+
+    def finite(self, values: Sequence[float]) -> bool:
+        return all(math.isfinite(v) for v in values)
+
+    def require(self, ok: bool, message: Callable[[], str]) -> None:
+        """Stop the run on a failed check (a non-finite loss, a broken momentum)."""
+        if not ok:
+            raise ZOError(message())
+
+
+class Rows(Single):
+    """R independent problems of dimension d side by side: the flat vector is X ∈ R^{R×d}, row-major.
+
+    Each per-step number is an (R, 1) fp32 column that broadcasts against the (R, d) view of a
+    buffer, so the kernels (elementwise, reductions along the last axis) are the same functions.
+    The caller gives per-row settings as columns too: η and β to `step`, θ in the config. Rows never
+    mix, and row r's noise is independent of the others' because its flat indices differ. A row
+    whose values stop being finite (a diverging grid point) is marked `dead` instead of stopping
+    the batch; its NaNs stay in its own row.
+    """
+
+    def __init__(self, count: int, d: int) -> None:
+        super().__init__(d // count)
+        self.count = count
+        self.dead = torch.zeros(count, 1, dtype=torch.bool)
+
+    def view(self, t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else t.view(self.count, -1)
+
+    def norm(self, total_sq: torch.Tensor) -> torch.Tensor:
+        return total_sq.sqrt()
+
+    def angle(self, theta: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        theta = torch.as_tensor(theta, dtype=torch.float64)
+        return theta.cos().float(), theta.sin().float()
+
+    def is_zero(self, v: float | torch.Tensor) -> bool:
+        return bool((torch.as_tensor(v) == 0.0).all())
+
+    def finite(self, values: Sequence[torch.Tensor]) -> torch.Tensor:
+        return torch.isfinite(torch.cat(list(values), 1)).all(1, keepdim=True)
+
+    def require(self, ok: torch.Tensor, message: Callable[[], str]) -> None:
+        self.dead |= ~ok
 
 
 class _ChunkedLinear:
@@ -171,6 +249,7 @@ class ZOOptimizer:
     Config: ClassVar[type[OptimConfig]] = OptimConfig
     uses_beta: ClassVar[bool] = False  # the runner passes β_t from the schedule to `update`
     supports_queries: ClassVar[bool] = False  # takes optimizer.queries > 1
+    supports_rows: ClassVar[bool] = False  # runs a model of R problems as rows (`Rows`)
 
     def __init__(self, model: nn.Module, cfg: OptimConfig, seed: int) -> None:
         self.cfg = cfg
@@ -181,6 +260,7 @@ class ZOOptimizer:
         hooked = blocks(model, self.params)
         self.flat = FlatParams(self.params, cut_before={id(ps[0]) for _, ps in hooked})
         self.d = self.flat.d
+        self.rows = self._layout(getattr(model, "zo_rows", 1))
         self.step_seed = 0
         self.projected_grad = 0.0
         self._zero_streak = 0
@@ -195,6 +275,18 @@ class ZOOptimizer:
         )
         decays = cfg.weight_decay != 0.0  # split the update only where the decay factor differs
         self._update_runs = self.flat.runs(self.flat.segments, lambda a, b: decays and a.decays != b.decays)
+
+    def _layout(self, count: int) -> Single:
+        """One problem, or `count` problems as rows (`Rows`), if this optimizer and the model allow it."""
+        if count == 1:
+            return Single(self.d)
+        shape = self.params[0].shape
+        if not self.supports_rows or len(self.params) != 1 or shape[0] != count:
+            raise ZOError(
+                f"optimizer {self.name} cannot run a model of {count} problems as rows (one trainable "
+                "(rows, d) tensor, with mezo, mezo_momentum or conmezo): run them one by one"
+            )
+        return Rows(count, self.d)
 
     def kernel(self, fn):
         return kernel(fn, self.cfg.fused)
@@ -262,9 +354,10 @@ class ZOOptimizer:
         whose z is not a·n + c·m elementwise overrides this (and `embedding_rows`).
         """
         a, c = self.coefficients()
-        m = self._momentum_slice(run) if c != 0.0 else None
+        m = None if self.rows.is_zero(c) else self.rows.view(self._momentum_slice(run))
         start = self.flat.slice(run)[1]
-        return self.kernel(perturbed)(x, m, start, self.noise_seed(), scale * a, scale * c)
+        out = self.kernel(perturbed)(self.rows.view(x), m, start, self.noise_seed(), scale * a, scale * c)
+        return out.view_as(x)
 
     def embedding_rows(
         self, rows: torch.Tensor, ids: torch.Tensor, seg: Segment, scale: float
@@ -422,17 +515,19 @@ class ZOOptimizer:
         return self.note_estimate((losses[0] - losses[1]) / (2.0 * self.cfg.eps))
 
     def check_finite(self, losses: Sequence[float]) -> None:
-        if not all(math.isfinite(v) for v in losses):
-            shown = ", ".join(f"{v:.6g}" for v in losses)
-            raise ZOError(
-                f"loss is not finite (probes: {shown}); lower optimizer.lr or "
-                "optimizer.eps, or use model.dtype=fp32; the last checkpoint and metrics are kept"
-            )
+        self.rows.require(
+            self.rows.finite(losses),
+            lambda: (
+                f"loss is not finite (probes: {', '.join(f'{v:.6g}' for v in losses)}); lower "
+                "optimizer.lr or optimizer.eps, or use model.dtype=fp32; the last checkpoint and metrics "
+                "are kept"
+            ),
+        )
 
     def note_estimate(self, projected: float) -> float:
         """Record the step's projected gradient (logged per step) and watch for a stalled run."""
         self.projected_grad = projected
-        self._zero_streak = self._zero_streak + 1 if self.projected_grad == 0.0 else 0
+        self._zero_streak = self._zero_streak + 1 if self.rows.is_zero(projected) else 0
         if self._zero_streak == STALL_STEPS:
             warnings.warn(
                 f"f(x+λz) == f(x−λz) exactly for {STALL_STEPS} steps in a row, so nothing moves: λ is below "
@@ -454,7 +549,7 @@ class ZOOptimizer:
             x, start = self.flat.slice(run)
             m = self._momentum_slice(run)
             decay = 1.0 - lr * self.cfg.weight_decay if run.segments[0].decays else 1.0
-            yield x, m, start, decay
+            yield self.rows.view(x), self.rows.view(m), start, decay
 
     # ---- alignment and state ------------------------------------------------------------------
     def reference_vector(self, i: int) -> torch.Tensor:

@@ -17,10 +17,9 @@ import math
 
 import torch
 
-from zo import ZOError
-from zo.noise import normal_at, positions
+from zo.noise import normal_at
 from zo.optim import register
-from zo.optim.base import OptimConfig, ZOOptimizer
+from zo.optim.base import OptimConfig, ZOOptimizer, index_of
 from zo.rounding import round_to
 
 
@@ -37,7 +36,7 @@ def conmezo_step(
     sr: bool,
 ) -> None:
     """x ← decay·x − η p z, m ← β m + (1−β) p z with z = a·n + c·m_old, in one pass."""
-    idx = positions(start, x.numel(), x.device)
+    idx = index_of(x, start)
     m_old = m.float()
     g = proj * (coef[0] * normal_at(idx, seeds[0]) + coef[1] * m_old)
     x.copy_(round_to(decay * x.float() - lr * g, x.dtype, idx, seeds[1], sr))
@@ -45,19 +44,20 @@ def conmezo_step(
 
 
 def sum_sq(m: torch.Tensor) -> torch.Tensor:
-    """Σ m² of what was stored. A pass of its own: folded into `conmezo_step`, inductor (CPU) stages
-    the new x in a full-size temporary and copies it back, which costs more memory and time."""
-    return m.float().square().sum()
+    """Σ m² of what was stored (per row, for rows). A pass of its own: folded into `conmezo_step`,
+    inductor (CPU) stages the new x in a full-size temporary and copies it back, which costs more
+    memory and time."""
+    return m.float().square().sum(-1, keepdim=True)
 
 
 def noise_sq(like: torch.Tensor, start: int, seed: int) -> torch.Tensor:
-    """Σ n² over this stretch of the step's noise (`like` gives only its length and device)."""
-    return normal_at(positions(start, like.numel(), like.device), seed).square().sum()
+    """Σ n² over this stretch of the step's noise (per row; `like` gives only its shape and device)."""
+    return normal_at(index_of(like, start), seed).square().sum(-1, keepdim=True)
 
 
 def fill_noise(m: torch.Tensor, start: int, seed: int, scale: float, round_seed: int, sr: bool) -> None:
     """m ← scale·n."""
-    idx = positions(start, m.numel(), m.device)
+    idx = index_of(m, start)
     m.copy_(round_to(scale * normal_at(idx, seed), m.dtype, idx, round_seed, sr))
 
 
@@ -65,27 +65,27 @@ def fill_noise(m: torch.Tensor, start: int, seed: int, scale: float, round_seed:
 class ConMeZO(ZOOptimizer):
     name = "conmezo"
     uses_beta = True
+    supports_rows = True
 
     def __init__(self, model: torch.nn.Module, cfg: OptimConfig, seed: int) -> None:
         super().__init__(model, cfg, seed)
-        self.cos = math.cos(cfg.theta)
-        self.sin = math.sin(cfg.theta)
-        self.sqrt_d = math.sqrt(self.d)
+        self.cos, self.sin = self.rows.angle(cfg.theta)
+        self.sqrt_d = math.sqrt(self.rows.d)
         self.u_scale = 1.0 / self.sqrt_d
         # m_0 = u_0: a random unit vector, drawn from a seed that no step uses.
         self.begin_step(-1)
         self.momentum = self.new_momentum()
-        fill = self.kernel(fill_noise)
+        fill, sr = self.kernel(fill_noise), cfg.stochastic_rounding
         for buffer, m in zip(self.flat.buffers, self.momentum, strict=True):
-            fill(m, buffer.offset, self.step_seed, self.u_scale, self.round_seed(2), cfg.stochastic_rounding)
+            fill(self.rows.view(m), buffer.offset, self.step_seed, self.u_scale, self.round_seed(2), sr)
         self.m_norm = self._momentum_norm()
 
     def begin_step(self, step: int) -> None:
         super().begin_step(step)
         if self.cfg.unit_u:  # u = n/‖n‖ needs this step's ‖n‖ before the first perturbed forward
             norm_sq = self.kernel(noise_sq)
-            total = sum(norm_sq(b.data, b.offset, self.step_seed) for b in self.flat.buffers)
-            self.u_scale = 1.0 / math.sqrt(float(total))  # one host sync, not one per buffer
+            total = sum(norm_sq(self.rows.view(b.data), b.offset, self.step_seed) for b in self.flat.buffers)
+            self.u_scale = 1.0 / self.rows.norm(total)  # one host sync, not one per buffer
 
     def coefficients(self) -> tuple[float, float]:
         return self.sqrt_d * self.sin * self.u_scale, self.sqrt_d * self.cos / self.m_norm
@@ -98,14 +98,16 @@ class ConMeZO(ZOOptimizer):
         for x, m, start, decay in self.slices(lr):
             step(x, m, start, seeds, coef, decay, self.projected_grad, lr, beta, self.cfg.stochastic_rounding)
         self.m_norm = self._momentum_norm()
-        if not 0.0 < self.m_norm < math.inf:
-            raise ZOError(f"momentum norm is {self.m_norm} after the update; lower optimizer.lr")
+        self.rows.require(
+            (self.m_norm > 0.0) & (self.m_norm < math.inf),
+            lambda: f"momentum norm is {self.m_norm} after the update; lower optimizer.lr",
+        )
 
     def _momentum_norm(self) -> float:
-        """‖m‖ exactly, over all buffers, with one host sync."""
+        """‖m‖ exactly (per row, for rows), over all buffers, with one host sync."""
         assert self.momentum is not None
         norm_sq = self.kernel(sum_sq)
-        return math.sqrt(float(sum(norm_sq(m) for m in self.momentum)))
+        return self.rows.norm(sum(norm_sq(self.rows.view(m)) for m in self.momentum))
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "m_norm": self.m_norm}

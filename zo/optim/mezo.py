@@ -12,9 +12,9 @@ from collections.abc import Sequence
 
 import torch
 
-from zo.noise import normal_at, positions
+from zo.noise import normal_at
 from zo.optim import register
-from zo.optim.base import TWO_POINT, Probe, ZOOptimizer
+from zo.optim.base import TWO_POINT, Probe, ZOOptimizer, index_of
 from zo.rounding import round_to
 
 Directions = tuple[tuple[int, float], ...]  # (noise seed, coefficient) per direction z_k
@@ -40,7 +40,7 @@ def mezo_step(
     others: Directions = (),
 ) -> None:
     """x ← decay·x − step·z_0 − Σ c_k z_k with the z redrawn in place (step = η·p): one pass over x."""
-    idx = positions(start, x.numel(), x.device)
+    idx = index_of(x, start)
     new = decay * x.float() - noise_sum(idx, seed, step, others)
     x.copy_(round_to(new, x.dtype, idx, round_seed, sr))
 
@@ -51,12 +51,15 @@ class MeZO(ZOOptimizer):
 
     name = "mezo"
     supports_queries = True
+    supports_rows = True
 
     def __init_subclass__(cls, **kwargs) -> None:
         # A subclass takes queries > 1 only if it says so: an update that reads only z_0 (MeZO with
-        # momentum, say) would otherwise silently drop the other q − 1 estimates.
+        # momentum, say) would otherwise silently drop the other q − 1 estimates. Likewise rows: its
+        # own Python-side arithmetic must work on (R, 1) columns, which it has to say it does.
         super().__init_subclass__(**kwargs)
         cls.supports_queries = vars(cls).get("supports_queries", False)
+        cls.supports_rows = vars(cls).get("supports_rows", False)
 
     estimates: list[float]  # p_k of this step, k = 0..q−1 (read by the update only when q > 1)
 

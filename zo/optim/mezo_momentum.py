@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import torch
 
-from zo.noise import normal_at, positions
+from zo.noise import normal_at
 from zo.optim import register
-from zo.optim.base import OptimConfig
+from zo.optim.base import OptimConfig, index_of
 from zo.optim.mezo import MeZO
 from zo.rounding import round_to
 
@@ -27,7 +27,7 @@ def momentum_step(
     sr: bool,
 ) -> None:
     """m ← β m + (1−β) p·z, then x ← decay·x − η m, in one pass (seeds: noise, x rounding, m rounding)."""
-    idx = positions(start, x.numel(), x.device)
+    idx = index_of(x, start)
     m_new = beta * m.float() + (1.0 - beta) * proj * normal_at(idx, seeds[0])
     x.copy_(round_to(decay * x.float() - lr * m_new, x.dtype, idx, seeds[1], sr))
     m.copy_(round_to(m_new, m.dtype, idx, seeds[2], sr))
@@ -37,6 +37,7 @@ def momentum_step(
 class MeZOMomentum(MeZO):
     name = "mezo_momentum"
     uses_beta = True
+    supports_rows = True
 
     def __init__(self, model: torch.nn.Module, cfg: OptimConfig, seed: int) -> None:
         super().__init__(model, cfg, seed)
