@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from zo.optim import build
-from zo.optim.base import OptimConfig
+from zo.optim.base import Probe
 
 ARCHS = {
     "smollm2-135m": (
@@ -131,22 +131,42 @@ class ReferenceMeZO:
 
 def ours(name: str, **options) -> Callable:
     def make(model: nn.Module):
-        opt = build(model, OptimConfig(name=name, lr=1e-7, eps=1e-3, **options), seed=0)
+        opt = build(model, {"name": name, "lr": 1e-7, "eps": 1e-3, **options}, seed=0)
+
+        def loss_at(probe: Probe, loss_fn: Callable[[], torch.Tensor]) -> float:
+            if not probe.grad:
+                return float(loss_fn())
+            with torch.enable_grad():  # first-order: the backward is part of the step
+                loss = loss_fn()
+                loss.backward()
+            return float(loss.detach())
 
         def step(loss_fn: Callable[[], torch.Tensor], seed: int) -> None:
-            opt.step(seed, lambda probe: float(loss_fn()), 1e-7, 0.99)
+            opt.step(seed, lambda probe: loss_at(probe, loss_fn), 1e-7, 0.99)
 
-        return step, opt.close  # close: remove its hooks before the next method drives the model
+        forwards = len(opt.probes()) if name != "mezo_svrg" else 4  # SVRG: its minibatch steps
+        return step, opt.close, forwards  # close: remove its hooks before the next method drives the model
 
     return make
 
 
 METHODS = {
-    "reference_mezo": lambda model: (ReferenceMeZO(model, 1e-7, 1e-3).step, lambda: None),
+    "reference_mezo": lambda model: (ReferenceMeZO(model, 1e-7, 1e-3).step, lambda: None, 2),
     "mezo": ours("mezo"),
     "mezo_momentum": ours("mezo_momentum"),
     "conmezo": ours("conmezo"),
     "conmezo_gaussian_u": ours("conmezo", unit_u=False),  # u = N(0, I)/√d: no norm pass
+    "meazo": ours("meazo"),
+    "zo_adam": ours("zo_adam"),
+    "hizoo": ours("hizoo"),
+    "lozo": ours("lozo"),
+    "lozo_m": ours("lozo", momentum=0.9),
+    "loren": ours("loren"),  # K = 10 one-sided probes a step
+    # Anchor steps' "full" probes see the bench's one batch here: the timed steps alternate an anchor
+    # (2 forwards over what would be the whole training set) and a minibatch step (4 forwards).
+    "mezo_svrg": ours("mezo_svrg"),
+    "adamw": ours("adamw"),
+    "sgd": ours("sgd"),
 }
 
 
@@ -201,8 +221,8 @@ def time_arch(arch: str, dtype: torch.dtype, batch: int, seq: int, args, device)
     with torch.no_grad():
         forward_ms = statistics.median(timed(loss_fn, device) for _ in range(args.steps + args.warmup))
         rows = []
-        for method, make in METHODS.items():
-            step, close = make(model)
+        for method, make in selected(args).items():
+            step, close, forwards = make(model)
             for t in range(args.warmup):  # compiles the kernels: not part of a step's time
                 step(loss_fn, t)
             times = [
@@ -215,18 +235,27 @@ def time_arch(arch: str, dtype: torch.dtype, batch: int, seq: int, args, device)
                     "dtype": str(dtype).removeprefix("torch."),
                     "batch": f"{batch}x{seq}",
                     "method": method,
+                    "forwards": forwards,
                     "ms_per_step": statistics.median(times),
                     "forward_ms": forward_ms,
                 }
             )
             close()
     reference = rows[0]["ms_per_step"]
+    mezo = next((r["ms_per_step"] for r in rows if r["method"] == "mezo"), None)
     for row in rows:
         row["ratio_to_reference"] = row["ms_per_step"] / reference
+        row["ratio_to_mezo"] = row["ms_per_step"] / mezo if mezo else None
     return rows
 
 
-def measure_memory(arch: str, dtype: torch.dtype, batch: int, seq: int, device) -> dict:
+def selected(args) -> dict[str, Callable]:
+    """The reference loop (every ratio is to it) and MeZO, then the methods asked for (default: all)."""
+    keep = {"reference_mezo", "mezo", *(args.method or METHODS)}
+    return {name: make for name, make in METHODS.items() if name in keep}
+
+
+def measure_memory(arch: str, dtype: torch.dtype, batch: int, seq: int, device, args) -> dict:
     """{method: (peak MiB, transient MiB)} over two steps after one warm-up, and one inference forward.
 
     Runs in a process of its own (`--memory-of`): on CPU glibc must mmap big allocations from the
@@ -239,8 +268,8 @@ def measure_memory(arch: str, dtype: torch.dtype, batch: int, seq: int, device) 
     with torch.no_grad():
         loss_fn()
         out = {"inference": peak_over(loss_fn, device)}
-        for method, make in METHODS.items():
-            step, close = make(model)
+        for method, make in selected(args).items():
+            step, close, _ = make(model)
             step(loss_fn, 0)
             out[method] = peak_over(lambda s=step: [s(loss_fn, t) for t in (1, 2)], device)
             close()
@@ -255,9 +284,10 @@ def peak_over(fn: Callable[[], object], device: torch.device) -> tuple[float, fl
     return peak, peak - resting
 
 
-def memory_in_child(arch: str) -> dict:
+def memory_in_child(arch: str, methods: list[str] | None) -> dict:
+    only = [word for m in methods or [] for word in ("--method", m)]
     result = subprocess.run(
-        [sys.executable, __file__, "--memory-of", arch], capture_output=True, text=True, check=True
+        [sys.executable, __file__, "--memory-of", arch, *only], capture_output=True, text=True, check=True
     )
     return json.loads(result.stdout.splitlines()[-1])
 
@@ -269,6 +299,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="timed steps per method (median reported)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation)")
     parser.add_argument("--arch", action="append", help="only these architectures")
+    parser.add_argument("--method", action="append", choices=list(METHODS), help="only these (and MeZO)")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--memory-of", help=argparse.SUPPRESS)  # the child process measuring memory
     args = parser.parse_args()
@@ -276,12 +307,14 @@ def main() -> None:
     plan = [p for p in (GPU_SET if device.type == "cuda" else CPU_SET) if not args.arch or p[0] in args.arch]
     if args.memory_of:
         _, dtype, b, s = next(p for p in plan if p[0] == args.memory_of)
-        print(json.dumps(measure_memory(args.memory_of, dtype, b, s, device)))
+        print(json.dumps(measure_memory(args.memory_of, dtype, b, s, device, args)))
         return
     rows = [row for arch, dtype, b, s in plan for row in time_arch(arch, dtype, b, s, args, device)]
-    memory = {arch: memory_in_child(arch) for arch, *_ in plan}
+    memory = {arch: memory_in_child(arch, args.method) for arch, *_ in plan}
     for row in rows:
         row["peak_mib"], row["transient_mib"] = memory[row["arch"]][row["method"]]
+        mezo_peak = memory[row["arch"]]["mezo"][0]
+        row["peak_to_mezo"] = row["peak_mib"] / mezo_peak
         row["inference_peak_mib"], row["inference_transient_mib"] = memory[row["arch"]]["inference"]
     machine = (
         torch.cuda.get_device_name()
@@ -298,8 +331,10 @@ def main() -> None:
         "dtype",
         "batch",
         "method",
+        "fwd/step",
         "ms/step",
         "× reference",
+        "× mezo",
         "fwd ms",
         "peak MiB",
         "transient",
@@ -314,10 +349,12 @@ def main() -> None:
             r["dtype"],
             r["batch"],
             r["method"],
+            str(r["forwards"]),
             f"{r['ms_per_step']:.1f}",
             f"{r['ratio_to_reference']:.2f}",
+            f"{r['ratio_to_mezo']:.2f}",
             f"{r['forward_ms']:.1f}",
-            f"{peak:.0f}",
+            f"{peak:.0f} ({r['peak_to_mezo']:.2f}×)",
             f"{r['transient_mib']:.0f}",
             f"{infer:.0f}",
             f"{r['inference_transient_mib']:.0f}",
