@@ -23,6 +23,8 @@ the rows an embedding looked up) are rebuilt alone; the ranges of different matr
 overlap, and the tag keeps them apart from the vectors' z (which is MeZO's, at their own flat
 indices). V is drawn the same way from (seed, redraw step). No parameter-sized z exists: a
 perturbed block is built matrix by matrix in pieces of rows, and the update runs in the same pieces.
+A piece is one addmm (x ± ε·U Vᵀ, or decay·x − η·left·Vᵀ); only the update's stochastic rounding is
+a compiled kernel (with optimizer.fused), as are the vectors' MeZO passes.
 
 State (all ≪ P): V per matrix; for LOZO-M also N, V_old and the vectors' momentum, kept in fp32
 (optimizer.momentum_dtype is not used). β is the fixed `momentum` key, not the warm-up schedule.
@@ -73,25 +75,22 @@ class Matrix:
     start: int  # flat index of its element 0
 
 
-def lowrank_perturbed(x: torch.Tensor, left: torch.Tensor, vt: torch.Tensor, scale: float) -> torch.Tensor:
-    """x + scale·left·Vᵀ in x's dtype: x holds whole rows of a matrix (flat, or (..., n) embedding rows)."""
-    return (x.float() + scale * (left @ vt).view(x.shape)).to(x.dtype)
-
-
-def lowrank_step(
-    x: torch.Tensor,
-    left: torch.Tensor,
-    vt: torch.Tensor,
-    start: int,
-    round_seed: int,
-    decay: float,
-    step: float,
-    sr: bool,
+def lowrank_perturbed(
+    out: torch.Tensor, x: torch.Tensor, left: torch.Tensor, vt: torch.Tensor, scale: float
 ) -> None:
-    """x ← decay·x − step·left·Vᵀ over whole rows of a matrix (x flat, its first flat index start)."""
-    idx = positions(start, x.numel(), x.device)
-    new = decay * x.float() - step * (left @ vt).view(x.shape)
-    x.copy_(round_to(new, x.dtype, idx, round_seed, sr))
+    """out ← x + scale·left·Vᵀ in x's dtype, for whole rows of a matrix (x flat, or (..., n) rows).
+
+    One BLAS call (addmm) and the cast: with r inner terms the product costs less than the memory
+    pass, and it is not compiled because inductor's dynamic-shape code for a broadcast outer
+    product runs ~10× slower than this on CPU."""
+    width = vt.shape[1]
+    new = torch.addmm(x.reshape(-1, width).float(), left.reshape(-1, vt.shape[0]), vt, alpha=scale)
+    out.view(-1, width).copy_(new)
+
+
+def store_rounded(x: torch.Tensor, new: torch.Tensor, start: int, round_seed: int, sr: bool) -> None:
+    """x ← new (fp32, x's shape) rounded to x's dtype; x's first flat index is start."""
+    x.copy_(round_to(new, x.dtype, positions(start, x.numel(), x.device), round_seed, sr))
 
 
 @register
@@ -170,7 +169,6 @@ class LOZO(ZOOptimizer):
     def block_weights(self, x: torch.Tensor, run: Run, scale: float) -> torch.Tensor:
         """Matrices at W + scale·U Vᵀ (only the run's rows), vectors at MeZO's x + scale·z."""
         out = torch.empty_like(x)
-        perturb = self.kernel(lowrank_perturbed)
         for s in run.segments or [self._segment_at(run)]:
             a, b = max(s.start, run.start), min(s.start + s.numel, run.end)  # the part of s in the run
             k = self._matrix_of.get(id(s.param))
@@ -180,11 +178,12 @@ class LOZO(ZOOptimizer):
                 )
                 continue
             mat = self.matrices[k]
-            vt = self.V[k].T
             first = (a - s.start) // mat.width
             for r0, r1 in self._chunks(mat, first, (b - s.start) // mat.width):
                 lo, hi = a - run.start + (r0 - first) * mat.width, a - run.start + (r1 - first) * mat.width
-                out[lo:hi] = perturb(x[lo:hi], self.u_rows(k, self._rows(k, r0, r1)), vt, scale)
+                lowrank_perturbed(
+                    out[lo:hi], x[lo:hi], self.u_rows(k, self._rows(k, r0, r1)), self.V[k].T, scale
+                )
         return out
 
     def _segment_at(self, run: Run) -> Segment:
@@ -200,18 +199,19 @@ class LOZO(ZOOptimizer):
     ) -> torch.Tensor:
         """Rows `ids` of W + scale·U Vᵀ: U[ids]·Vᵀ added to the looked-up rows."""
         k = self._matrix_of[id(seg.param)]
-        return self.kernel(lowrank_perturbed)(rows, self.u_rows(k, ids), self.V[k].T, scale)
+        out = torch.empty_like(rows)
+        lowrank_perturbed(out, rows, self.u_rows(k, ids), self.V[k].T, scale)
+        return out
 
     # ---- update --------------------------------------------------------------------------------
     def update(self, lr: float, beta: float | None) -> None:
         c, s, nu = self.projected_grad, self.counter, self.interval
         sr, wd = self.cfg.stochastic_rounding, self.cfg.weight_decay
-        step = self.kernel(lowrank_step)
+        store = self.kernel(store_rounded)
         momentum = self.beta if self.started else 0.0  # the first step sets N = cU, m = cz
         for k, mat in enumerate(self.matrices):
             if self.beta > 0.0:
                 self._move_n(k, c, momentum, carry=s % nu == 0 and self.has_old)
-            vt = self.V[k].T
             decay = 1.0 - lr * wd if mat.seg.decays else 1.0
             x = self.flat.slice(mat.seg.run())[0]
             for r0, r1 in self._chunks(mat, 0, mat.rows):
@@ -220,7 +220,10 @@ class LOZO(ZOOptimizer):
                 else:
                     left, size = self.u_rows(k, self._rows(k, r0, r1)), lr * c
                 piece = x[r0 * mat.width : r1 * mat.width]
-                step(piece, left, vt, mat.start + r0 * mat.width, self.round_seed(1), decay, size, sr)
+                new = torch.addmm(
+                    piece.view(-1, mat.width).float(), left, self.V[k].T, beta=decay, alpha=-size
+                )
+                store(piece, new.view(-1), mat.start + r0 * mat.width, self.round_seed(1), sr)
         self._update_vectors(lr, c, momentum)
         self.started = True
         if self.beta > 0.0 and nu > 1 and s % nu == nu - 1:
