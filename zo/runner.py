@@ -105,7 +105,7 @@ def mean_loss(objective: Objective, model, examples: list, chunk: int, backward:
         loss = objective.loss(model, part) * (len(part) / len(examples) if examples else 1.0)
         if backward:
             loss.backward()
-        total += float(loss)
+        total += float(loss.detach())  # a backward probe's loss still requires grad
     return total
 
 
