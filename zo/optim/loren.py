@@ -25,8 +25,10 @@ How this is cheap:
   c_j u_j minus a tiled rank-1 term, so per tensor one fused kernel draws the K noises and adds one
   n-vector per row (the rank-1 terms, summed along the a-trajectory by `covariance_pass`). x and M
   are read and written once a step, not K times, and rounded once (the reference rounds K times).
-- Kernels run per tensor (the rank-1 term is per tensor): K·T small colsum passes and T update
-  passes a step for T tensors, none of them holding a full-size z.
+- Kernels run per tensor, not per flat buffer: the rank-1 term differs per tensor, and reading it
+  inside a buffer-wide kernel takes a gather that de-vectorises the noise draw (9× slower on CPU,
+  measured). A step is K·T colsum passes, K·T perturbations and T updates for T tensors, each one
+  compiled loop; noise is drawn 3K times a step (MeZO: 3 per 2 forwards), and no full-size z exists.
 
 Choices where the paper/reference leaves one (see zo-methods.md §1):
 - lr default 1e-7, not main.py's generic 2e-3: with β₁ = 0.9 applied K times a step, a matrix moves
@@ -91,10 +93,16 @@ def shape_terms(a: torch.Tensor, rows: int, damping: float) -> Terms:
     return s, c, r, (r + c) / (s * c)
 
 
-def noise_colsums(like: torch.Tensor, start: int, seed: int) -> torch.Tensor:
-    """Σ_i U_ij of the noise over a (rows, n) block at flat index start (`like`: only shape, device)."""
+def probe_terms(
+    like: torch.Tensor, start: int, seed: int, a: torch.Tensor, damping: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Σ_i U_ij, γ t) of a probe's noise over a (rows, n) block at flat index start, under a.
+
+    A pass that only draws noise (`like` gives the shape and device): the column sums are what t
+    and the block's score need under any later a; γ t is what this probe's rows of z need."""
     idx = positions(start, like.numel(), like.device).view(like.shape)
-    return normal_at(idx, seed).sum(0)
+    colsum = normal_at(idx, seed).sum(0)
+    return colsum, shape_terms(a, like.shape[0], damping)[3] * colsum.dot(a)
 
 
 def rank1_z(idx: torch.Tensor, seed: int, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -231,9 +239,9 @@ class Loren(ZOOptimizer):
             for i, (n, dev) in enumerate(zip(self._cols, device, strict=True))
         ]
         self.momentum = self.new_momentum() if any(self._matrix) else None
-        # Per tensor and probe: Σ_i U_ij (drawn once a step, on first use), and γ t under this step's a.
+        # Per tensor and probe: Σ_i U_ij and γ t under this step's a, drawn once a step on first use
+        # (a key of _g says its column sums are drawn).
         self._colsums = [torch.empty(K, n, device=dev) for n, dev in zip(self._cols, device, strict=True)]
-        self._drawn: set[tuple[int, int]] = set()
         self._g: dict[tuple[int, int], torch.Tensor] = {}
         self._coef = [0.0] * K
         self._starts: dict[int, list[int]] = {}  # buffer -> its segments' starts (to find a head chunk's)
@@ -247,7 +255,6 @@ class Loren(ZOOptimizer):
 
     def begin_step(self, step: int) -> None:
         super().begin_step(step)
-        self._drawn.clear()
         self._g.clear()
 
     def probe_seed(self, k: int) -> int:
@@ -265,21 +272,19 @@ class Loren(ZOOptimizer):
         x, start = self.flat.slice(seg.run())
         return x.view(self._rows[i], self._cols[i]), start
 
-    def _colsum(self, k: int, i: int) -> torch.Tensor:
-        """Σ_i U_ij of probe k's noise over tensor i: a read-only pass that draws noise, once a step."""
-        if (k, i) not in self._drawn:
+    def _draw(self, k: int, i: int) -> torch.Tensor:
+        """γ t of probe k over tensor i (its z is u − γ t ā), drawing the column sums if not yet drawn."""
+        if (k, i) not in self._g:
             like, start = self._block(i)
-            self._colsums[i][k] = self.kernel(noise_colsums)(like, start, self.probe_seed(k))
-            self._drawn.add((k, i))
-        return self._colsums[i][k]
+            colsum, self._g[k, i] = self.kernel(probe_terms)(
+                like, start, self.probe_seed(k), self.a[i], self.cfg.damping
+            )
+            self._colsums[i][k] = colsum
+        return self._g[k, i]
 
     def _rank1(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(a, γ t) of tensor i for the current probe: its z is u − γ t ā."""
-        key = (self.probe.k, i)
-        if key not in self._g:
-            _, _, _, gamma = shape_terms(self.a[i], self._rows[i], self.cfg.damping)
-            self._g[key] = gamma * self._colsum(*key).dot(self.a[i])
-        return self.a[i], self._g[key]
+        """(a, γ t) of tensor i for the current probe."""
+        return self.a[i], self._draw(self.probe.k, i)
 
     def _pieces(self, run: Run) -> list[tuple[int, int, int]]:
         """(tensor, first row, rows) of each piece of run: whole tensors, or rows of one (a head chunk)."""
@@ -333,7 +338,7 @@ class Loren(ZOOptimizer):
                 plans[matrix, decays] = schedule(self._coef, lr, decay, beta_1, cfg.sequential)
             chi, mu, keep = plans[matrix, decays]
             for k in range(K):
-                self._colsum(k, i)
+                self._draw(k, i)  # with a still this step's
             a_decay = 1.0 - cfg.lr_cov * cfg.weight_decay if decays else 1.0
             quirk = cfg.ref_vector_quirk and seg.param.ndim < 2
             self.a[i], rx, rm = cov(
@@ -354,7 +359,7 @@ class Loren(ZOOptimizer):
                 rounds,
                 cfg.stochastic_rounding,
             )
-        self._g.clear()  # γ t belonged to the old a; a later `direction` forms z with the new one
+        self._g.clear()  # γ t belonged to the old a: a later `direction` draws again, under the new one
 
     # ---- state ------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
