@@ -177,12 +177,12 @@ def loren_step(
     coefs: tuple[tuple[float, ...], tuple[float, ...]],
     keep: tuple[float, float, float],
     rx: torch.Tensor,
-    rm: torch.Tensor | None,
+    rm: torch.Tensor,
     round_seeds: tuple[int, int],
     sr: bool,
 ) -> None:
     """x ← p·x + q·M − Σ χ_k u_k + rx, M ← r·M + Σ μ_k u_k + rm over a (rows, n) block, in one pass
-    (keep = (p, q, r); rx, rm are per-row n-vectors; m is None for vectors)."""
+    (keep = (p, q, r); rx, rm are per-row n-vectors; m is None for vectors, which ignore q, r, rm)."""
     idx = positions(start, x.numel(), x.device).view(x.shape)
     p, q, r = keep
     new_x = p * x.float() + rx
@@ -201,7 +201,7 @@ def loren_step(
         m.copy_(round_to(new_m, m.dtype, idx, round_seeds[1], sr))
 
 
-def schedule(
+def update_plan(
     coef: Sequence[float], lr: float, decay: float, beta: float, sequential: bool
 ) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, float, float]]:
     """(χ, μ, (p, q, r)) of `loren_step` for probe coefficients c_k (β = 0: a vector, no momentum).
@@ -335,7 +335,7 @@ class Loren(ZOOptimizer):
             if (matrix, decays) not in plans:
                 decay = 1.0 - lr * cfg.weight_decay if decays else 1.0
                 beta_1 = cfg.momentum if matrix else 0.0
-                plans[matrix, decays] = schedule(self._coef, lr, decay, beta_1, cfg.sequential)
+                plans[matrix, decays] = update_plan(self._coef, lr, decay, beta_1, cfg.sequential)
             chi, mu, keep = plans[matrix, decays]
             for k in range(K):
                 self._draw(k, i)  # with a still this step's
@@ -347,18 +347,7 @@ class Loren(ZOOptimizer):
             )  # fmt: skip
             x, start = self._block(i)
             m = self._momentum_slice(seg.run()).view_as(x) if matrix else None
-            step(
-                x,
-                m,
-                start,
-                seeds,
-                (chi, mu),
-                keep,
-                rx,
-                rm if matrix else None,
-                rounds,
-                cfg.stochastic_rounding,
-            )
+            step(x, m, start, seeds, (chi, mu), keep, rx, rm, rounds, cfg.stochastic_rounding)
         self._g.clear()  # γ t belonged to the old a: a later `direction` draws again, under the new one
 
     # ---- state ------------------------------------------------------------------------------------
