@@ -188,10 +188,10 @@ class Rows(Single):
     the batch; its NaNs stay in its own row.
     """
 
-    def __init__(self, count: int, d: int) -> None:
+    def __init__(self, count: int, d: int, device: torch.device) -> None:
         super().__init__(d // count)
         self.count = count
-        self.dead = torch.zeros(count, 1, dtype=torch.bool)
+        self.dead = torch.zeros(count, 1, dtype=torch.bool, device=device)
 
     def view(self, t: torch.Tensor | None) -> torch.Tensor | None:
         return None if t is None else t.view(self.count, -1)
@@ -286,7 +286,7 @@ class ZOOptimizer:
                 f"optimizer {self.name} cannot run a model of {count} problems as rows (one trainable "
                 "(rows, d) tensor, with mezo, mezo_momentum or conmezo): run them one by one"
             )
-        return Rows(count, self.d)
+        return Rows(count, self.d, self.params[0].device)
 
     def kernel(self, fn):
         return kernel(fn, self.cfg.fused)
