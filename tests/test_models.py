@@ -130,9 +130,7 @@ def test_default_model_runs_a_few_real_steps(tmp_path: Path) -> None:
     assert 0.0 <= summary["final"]["accuracy"] <= 1.0 and summary["data"]["task"] == "bbcnews"
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1, 2] and all(r["loss"] > 0 for r in rows[1:])
-    assert {"dev_accuracy", "dev_eval_loss", "accuracy"} <= set(rows[0]) and summary["selected_on"] == "dev"
-    best = summary["best"]
-    assert summary["test_at_best_dev"] == rows[best["step"]]["accuracy"] == best["accuracy"]
+    assert {"dev_accuracy", "dev_eval_loss", "accuracy"} <= set(rows[0])
 
 
 def test_classification_head_run_on_minilm(tmp_path: Path, needs_shared: Path) -> None:
