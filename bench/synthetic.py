@@ -17,6 +17,15 @@ Two protocols (--protocol), d = 1000, x₀ of norm 10, λ = 0.01, no warm-up (β
       --steps: 5k, 20k, 50k, 100k) picks its own best setting per method by the mean objective at
       that step, so one run of the whole grid serves every horizon (nothing depends on the horizon).
 
+The methods beside ConMeZO (MEAZO, ZO-Adam, HiZOO, LOREN) are tuned on η alone, their other keys at
+the defaults of conf/optimizer/ (MEAZO β = 0.999; ZO-Adam β₁ = 0.9, β₂ = 0.999; HiZOO α = 1e-8; LOREN
+K = 10 probes, λ = 0.1, η_cov = 1e-3). In the code protocol they get its single η = 0.01 like every
+method, which is not a tuned step for the adaptive ones (their per-coordinate step is ~η): read
+them from the text protocol. The ratio counts steps; `speedup_forwards` counts forwards (HiZOO
+takes 3 a step, LOREN 10, the others 2). LOREN cannot run rows, so its trials run one by one
+(slow: about 1 ms a step). LOZO has no row: on a vector its perturbation is MeZO's full Gaussian
+(U·Vᵀ applies to matrices), so it would be MeZO with other noise.
+
 In both, u ~ N(0, I)/√d inside the cone (optimizer.unit_u=false: the authors' code, and the
 paper's practical choice), so ‖z‖² ≈ d as for MeZO. A row counts as diverged (inf from then on)
 from its first non-finite value or a value above 1e10 (the authors' rule; in fp32 a diverging row
@@ -31,10 +40,11 @@ code protocol runs --repeats 5 independent copies (x₀ from --seed + r, their o
 batches at almost no cost (d = 1000 is overhead-bound), and reports each repeat and their mean
 beside repeat 0, the headline.
 
-Writes the JSON (`speedup_mezo_over_conmezo` and `steps`, `protocol`; every horizon with a 95%
-bootstrap over trials, the repeats, the final objective at each η, the curves, the times) and the
-figure beside it (.png, .svg: mean ± standard error over trials, log scale; one panel per horizon
-for `text`). Times on 2 shared cores (1 thread; CPU time is what an idle core would need):
+Writes the JSON (`speedup_mezo_over_conmezo`, `speedup_mezo_over` each method, `forwards_per_step`,
+`steps`, `protocol`; every horizon with a 95% bootstrap over trials, the repeats, the final
+objective at each η, the curves, the times) and the figure beside it (.png, .svg: mean ± standard
+error over trials, log scale; one panel per horizon for `text`). Times on 2 shared cores (1 thread;
+CPU time is what an idle core would need):
 
     python bench/synthetic.py --out bench/results/synthetic_code.json                  # 4 min CPU
     python bench/synthetic.py --protocol text --out bench/results/synthetic_text.json  # 7.5 min CPU
@@ -56,13 +66,24 @@ from pathlib import Path
 
 import torch
 
+from zo import ZOError
 from zo.noise import mix
-from zo.optim import build
+from zo.optim import build, get
 from zo.optim.base import OptimConfig
 from zo.quadratic import Quadratics, spectrum, start_point
 
-METHODS = {"mezo": ("lr",), "mezo_momentum": ("lr", "beta"), "conmezo": ("lr", "beta", "theta")}
+METHODS = {  # the grid keys each method is tuned on (its other keys keep their defaults)
+    "mezo": ("lr",),
+    "mezo_momentum": ("lr", "beta"),
+    "conmezo": ("lr", "beta", "theta"),
+    "meazo": ("lr",),
+    "zo_adam": ("lr",),
+    "hizoo": ("lr",),
+    "loren": ("lr",),
+}
 BASELINE = "mezo"
+KEPT = (BASELINE, "conmezo")  # always run: the baseline and the paper's method (title, repeats table)
+DEFAULT = [m for m in METHODS if m != "loren"]  # LOREN runs one problem at a time: --method loren
 GRID = {"lr": (1.0, 1e-1, 1e-2, 1e-3, 1e-4), "beta": (0.8, 0.9, 0.95, 0.99), "theta": (1.2, 1.3, 1.4, 1.5)}
 HORIZONS = (20, 5, 2, 1)  # horizons are --steps divided by these: 5k, 20k, 50k, 100k of 100k
 DIVERGED = 1e10
@@ -92,37 +113,64 @@ def settings(method: str, protocol: Protocol) -> list[dict[str, float]]:
 
 def run_rows(
     method: str, rows: list[dict[str, float]], starts: torch.Tensor, protocol: Protocol, steps: int, seed: int
-) -> torch.Tensor:
-    """f(x_t), t = 0..steps, of each row (a setting and its start), as (steps + 1, rows): one batch
-    through the optimizer. A diverged row reads inf from then on; the batch stops when all have."""
+) -> tuple[torch.Tensor, float]:
+    """f(x_t), t = 0..steps, of each row (a setting and its start), as (steps + 1, rows), and the
+    forwards a step took. One batch through the optimizer, or, for an optimizer that cannot run
+    rows (LOREN), one run per row. A diverged row reads inf from then on."""
     d = starts.shape[1]
-    model = Quadratics(starts, spectrum(d, float(d) ** protocol.kappa_power), protocol.scale)
+    sigma = spectrum(d, float(d) ** protocol.kappa_power)
+    if get(method).supports_rows:
+        return run_batch(method, rows, Quadratics(starts, sigma, protocol.scale), steps, seed)
+    runs = [
+        run_batch(method, [row], Quadratics(x0, sigma, protocol.scale), steps, mix(seed, i))
+        for i, (row, x0) in enumerate(zip(rows, starts, strict=True))
+    ]
+    return torch.cat([values for values, _ in runs], 1), runs[0][1]
 
-    def column(key: str) -> torch.Tensor:
-        return torch.tensor([[r[key]] for r in rows], dtype=torch.float32)
 
-    per_row = {"theta": column("theta")} if "theta" in rows[0] else {}
+def run_batch(
+    method: str, rows: list[dict[str, float]], model: Quadratics, steps: int, seed: int
+) -> tuple[torch.Tensor, float]:
+    """`run_rows` on one model: R rows (`Rows`: per-row settings as columns), or one problem (floats;
+    a non-finite loss stops it, which here only marks it diverged). Stops when every row has."""
+    batched = model.zo_rows > 1
+
+    def setting(key: str) -> torch.Tensor | float:
+        return torch.tensor([[r[key]] for r in rows], dtype=torch.float32) if batched else rows[0][key]
+
+    per_row = {"theta": setting("theta")} if "theta" in rows[0] else {}
     opt = build(model, OptimConfig(name=method, eps=EPS, unit_u=False, **per_row), seed=seed)
-    lr, beta = column("lr"), column("beta") if "beta" in rows[0] else None
+    lr, beta = setting("lr"), setting("beta") if "beta" in rows[0] else None
     values = torch.full((steps + 1, len(rows)), math.inf)
     dead = torch.zeros(len(rows), dtype=torch.bool)
+    forwards = 0
+
+    def loss_at(probe) -> torch.Tensor | float:
+        nonlocal forwards
+        forwards += 1
+        return model() if batched else float(model())
+
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # stalled (diverged) rows: they lose anyway
         values[0] = model().view(-1)
         for t in range(1, steps + 1):
-            opt.step(t, lambda probe: model(), lr, beta)
-            f = model().view(-1)
-            dead |= opt.rows.dead.view(-1) | ~(f <= DIVERGED)  # NaN compares False
-            values[t] = f.masked_fill(dead, math.inf)
-            if t % 100 == 0 and dead.all():
+            try:
+                opt.step(t, loss_at, lr, beta)
+            except ZOError:  # one problem, non-finite: diverged
                 break
-    return values
+            f = model().view(-1)
+            dead |= (opt.rows.dead.view(-1) if batched else False) | ~(f <= DIVERGED)  # NaN compares False
+            values[t] = f.masked_fill(dead, math.inf)
+            if dead.all() and (t % 100 == 0 or not batched):
+                break
+    return values, forwards / max(t, 1)
 
 
 def run_method(
     method: str, protocol: Protocol, d: int, steps: int, shape: tuple[int, int], seed: int
-) -> torch.Tensor:
-    """(steps + 1, settings, repeats, trials) curves of every grid point (shape: repeats, trials):
+) -> tuple[torch.Tensor, float]:
+    """(steps + 1, settings, repeats, trials) curves of every grid point (shape: repeats, trials),
+    and the forwards per step:
     one batch per η (a batch whose rows have all diverged stops; large η diverge within a few
     hundred steps). Repeat r draws its x₀ from seed + r; its noise differs by its rows' indices."""
     grid = settings(method, protocol)
@@ -138,13 +186,14 @@ def run_method(
     for i, s in enumerate(grid):
         by_lr.setdefault(s["lr"], []).append(i)
     out = torch.empty(steps + 1, len(grid), repeats, trials)
+    forwards = 0.0
     for j, (lr, idx) in enumerate(by_lr.items()):
         rows = [grid[i] for i in idx for _ in range(repeats * trials)]
         batch_seed = mix(seed, list(METHODS).index(method), j)
-        values = run_rows(method, rows, starts.repeat(len(idx), 1), protocol, steps, batch_seed)
+        values, forwards = run_rows(method, rows, starts.repeat(len(idx), 1), protocol, steps, batch_seed)
         out[:, idx] = values.view(steps + 1, len(idx), repeats, trials)
         print(f"  {method} η={lr:g}: {len(rows)} rows, {int(torch.isinf(values[-1]).sum())} diverged")
-    return out
+    return out, forwards
 
 
 def steps_to(curve: torch.Tensor, target: float) -> int | None:
@@ -176,11 +225,16 @@ def bootstrap(base: torch.Tensor, other: torch.Tensor, horizon: int, seed: int) 
 
 
 def analyse(
-    curves: dict[str, torch.Tensor], grids: dict[str, list[dict]], steps: int, seed: int | None
+    curves: dict[str, torch.Tensor],
+    grids: dict[str, list[dict]],
+    forwards: dict[str, float],
+    steps: int,
+    seed: int | None,
 ) -> list[dict]:
     """For each horizon H: each method's best setting at H, MeZO's mean at H as the target, the
     steps each method needs to reach it, and MeZO's steps over theirs (with a bootstrap interval
-    over trials, drawn from seed, unless seed is None). curves: (steps + 1, settings, trials)."""
+    over trials, drawn from seed, unless seed is None), also counted in forwards (HiZOO takes 3 a
+    step, LOREN K = 10, the others 2). curves: (steps + 1, settings, trials)."""
     means = {m: c.mean(-1).double() for m, c in curves.items()}  # inf where any trial diverged
     out = []
     for div in HORIZONS:
@@ -200,6 +254,10 @@ def analyse(
                 "final_se": number(float(per_trial[h].std() / math.sqrt(per_trial.shape[1]))),
                 "steps_to_target": reach,
                 "speedup": ratio(reach_base, reach),
+                "speedup_forwards": ratio(
+                    reach_base and round(reach_base * forwards[BASELINE]),
+                    reach and round(reach * forwards[m]),
+                ),
             }
             if m != BASELINE and seed is not None:
                 rows[m]["speedup_95"] = bootstrap(
@@ -212,7 +270,7 @@ def analyse(
 def repeat_table(per_repeat: list[list[dict]]) -> dict:
     """Each method's ratio at each horizon in every repeat of the protocol, and their mean."""
     out = {}
-    for m in list(METHODS)[1:]:
+    for m in [m for m in per_repeat[0][0]["methods"] if m != BASELINE]:
         out[m] = {}
         for i, h in enumerate(per_repeat[0]):
             values = [rep[i]["methods"][m]["speedup"] for rep in per_repeat]
@@ -300,6 +358,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=None, help="default: code 5, text 1")
     parser.add_argument("--d", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0, help="draws x₀ and every batch's noise")
+    parser.add_argument(
+        "--method",
+        action="append",
+        choices=list(METHODS),
+        help="only these (and MeZO, ConMeZO); default: all but loren",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (CPU time is reported too)")
     parser.add_argument(
         "--out", type=Path, default=None, help="default bench/results/synthetic_<protocol>.json"
@@ -311,15 +375,22 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     started, cpu = time.time(), time.process_time()
 
-    grids = {m: settings(m, protocol) for m in METHODS}
-    all_runs, seconds = {}, {}
-    for m in METHODS:
+    methods = [m for m in METHODS if m in KEPT or m in (args.method or DEFAULT)]
+    grids = {m: settings(m, protocol) for m in methods}
+    all_runs, forwards, seconds = {}, {}, {}
+    for m in methods:
         wall, cpu_m = time.time(), time.process_time()
-        runs = run_method(m, protocol, args.d, args.steps, (repeats, args.trials), args.seed)
-        all_runs[m] = runs
+        shape = (repeats, args.trials)
+        all_runs[m], forwards[m] = run_method(m, protocol, args.d, args.steps, shape, args.seed)
         seconds[m] = {"wall": round(time.time() - wall), "cpu": round(time.process_time() - cpu_m)}
     per_repeat = [
-        analyse({m: c[:, :, r] for m, c in all_runs.items()}, grids, args.steps, None if r else args.seed)
+        analyse(
+            {m: c[:, :, r] for m, c in all_runs.items()},
+            grids,
+            forwards,
+            args.steps,
+            None if r else args.seed,  # the bootstrap is repeat 0's
+        )
         for r in range(repeats)
     ]
     horizons = per_repeat[0]
@@ -329,7 +400,8 @@ def main() -> None:
         "protocol": args.protocol,
         "steps": args.steps,
         "speedup_mezo_over_conmezo": final["conmezo"]["speedup"],
-        "speedup_mezo_over_mezo_momentum": final["mezo_momentum"]["speedup"],
+        "speedup_mezo_over": {m: r["speedup"] for m, r in final.items() if m != BASELINE},
+        "forwards_per_step": forwards,
         "horizons": horizons,
         "repeats": repeat_table(per_repeat),
         "step_size": step_size_table(curves, grids),
@@ -384,6 +456,7 @@ def report(result: dict) -> None:
         "steps to it",
         "MeZO / it",
         "95% (trials)",
+        "in forwards",
     ):
         table.add_column(col)
     for h in result["horizons"]:
@@ -397,6 +470,7 @@ def report(result: dict) -> None:
                 str(r["steps_to_target"]),
                 f"{r['speedup']:.2f}×" if r["speedup"] else "never",
                 f"{low_high[0]:.2f}–{low_high[1]:.2f}" if low_high else "",
+                f"{r['speedup_forwards']:.2f}×" if r["speedup_forwards"] else "never",
             )
     console.print(table)
     by_repeat = result["repeats"]["conmezo"]

@@ -49,7 +49,9 @@ def single_run(name: str, x0: torch.Tensor, setting: tuple, unit_u: bool, row: i
 
 
 @pytest.mark.parametrize(
-    ("name", "unit_u"), [("mezo", False), ("mezo_momentum", False), ("conmezo", False), ("conmezo", True)]
+    ("name", "unit_u"),
+    [(n, False) for n in ("mezo", "mezo_momentum", "conmezo", "meazo", "zo_adam", "hizoo")]
+    + [("conmezo", True)],
 )
 def test_a_batch_of_rows_is_separate_runs(name: str, unit_u: bool, monkeypatch) -> None:
     x0 = torch.stack([start_point(D, 10.0, seed) for seed in range(len(SETTINGS))])
@@ -77,7 +79,7 @@ def test_a_diverging_row_is_marked_dead_and_leaves_the_others_alone(name: str) -
 def test_rows_need_an_optimizer_that_runs_them() -> None:
     model = Quadratics(torch.ones(3, D), SIGMA)
     with pytest.raises(ZOError, match="cannot run a model of 3 problems as rows"):
-        build(model, OptimConfig(name="meazo", fused=False), seed=0)
+        build(model, OptimConfig(name="loren", fused=False), seed=0)
 
     class TwoTensors(nn.Module):
         zo_rows = 3

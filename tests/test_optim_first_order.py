@@ -155,7 +155,7 @@ def test_state_round_trips_and_resumes_bitwise(cfg: dict, tmp_path) -> None:
         step_with(o, m, 3, [[-0.7, 2.0]], [0.1, 0.2], lr=0.01)
     assert torch.equal(model.W, twin.W) and torch.equal(model.b, twin.b)
     other = build(copy.deepcopy(model), {"name": "sgd" if cfg["name"] == "adamw" else "adamw"}, seed=0)
-    with pytest.raises(ZOError, match="resume=false"):
+    with pytest.raises(ZOError, match="force=true"):
         other.load_state_dict(state)
 
 

@@ -130,3 +130,36 @@ def test_readme_lists_every_sweep_with_its_command() -> None:
     readme = (ROOT / "sweeps" / "README.md").read_text()
     for name in SWEEPS:
         assert f"+sweeps={name}" in readme
+
+
+COMPARED = ("mezo", "conmezo", "meazo", "zo_adam", "loren", "hizoo", "lozo")
+
+
+def test_a_sweep_over_every_zo_method_runs_and_reports_one_row_each(tmp_path) -> None:
+    """`+sweeps=convergence -m optimizer=...` through launch.py, shrunk to a tiny model, then the report:
+    each method takes its own η from lr_by_optimizer and gives one finished row."""
+    from tests.conftest import TINY, cli
+    from zo.report import collect_runs, runs_table
+
+    sweep = tmp_path / "sweep"
+    own = [
+        "train.steps=2", "train.eval_every=2", "train.dev_samples=8", "train.eval_samples=8",
+        "task.num_test=8", "task.num_train=16", "log.align_every=0", "ckpt.every=0",
+        "optimizer.fused=false", f"hydra.sweep.dir={sweep}",
+        "hydra.sweep.subdir=${optimizer.name}",  # every override in the name would pass 255 characters
+    ]  # fmt: skip
+    mine = {a.split("=")[0] for a in own} | {"optimizer.lr"}  # η comes from lr_by_optimizer
+    shrink = [a for a in TINY if a.split("=")[0] not in mine] + own
+    proc = cli(
+        ["+sweeps=convergence", "-m", f"optimizer={','.join(COMPARED)}", "train.seed=0", *shrink], tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cfg = compose(["+sweeps=convergence"])
+    rows = runs_table(collect_runs(sweep), steps=(2,), target=None)
+    assert sorted(r["optimizer"] for r in rows) == sorted(COMPARED)
+    assert {r["status"] for r in rows} == {"finished"} and {r["task"] for r in rows} == {"sst2"}
+    for r in rows:
+        assert (
+            r["lr"] == pytest.approx(cfg.lr_by_optimizer[r["optimizer"]])
+            and r["test_at_best_dev"] is not None
+        )

@@ -42,7 +42,8 @@ class Quadratics(nn.Module):
     The forward gives the (R, 1) column of f_r(X_r), the shape every per-row number takes in the
     optimizer. `zo_rows` is what tells the optimizer to treat the rows as separate problems (√d,
     ‖m‖ and the step's scalars per row); without it they would be one problem of dimension R·d.
-    scale = ½ is f = ½xᵀAx with A = diag(σ) (the ConMeZO authors' code).
+    A 1-D x₀ is one problem with a vector parameter (f of shape (1,)), for optimizers that cannot
+    run rows. scale = ½ is f = ½xᵀAx with A = diag(σ) (the ConMeZO authors' code).
     """
 
     def __init__(self, x0: torch.Tensor, sigma: torch.Tensor, scale: float = 1.0) -> None:
@@ -50,7 +51,7 @@ class Quadratics(nn.Module):
         self.register_buffer("sigma", sigma)
         self.x = nn.Parameter(x0.clone())
         self.scale = scale
-        self.zo_rows = x0.shape[0]
+        self.zo_rows = x0.shape[0] if x0.dim() == 2 else 1  # a 1-D x₀ is one problem
 
     def forward(self) -> torch.Tensor:
         return self.scale * (self.sigma * self.x.float() ** 2).sum(-1, keepdim=True)

@@ -56,12 +56,24 @@ def make_config(values: dict):
 def build(model: nn.Module, cfg, seed: int):
     """Instantiate the optimizer named `cfg.name` over `model`'s trainable parameters.
 
-    `cfg` is the optimizer's Config, a dict of `optimizer.*` keys, or a plain `OptimConfig`
-    (its shared keys are kept, the method's own keys take their defaults).
+    `cfg` is the optimizer's Config, a dict of `optimizer.*` keys, or a plain `OptimConfig`: of that,
+    the shared keys it sets are kept and every other key takes the method's default. A shared key
+    left at OptimConfig's default takes the method's own default where it has one (LOREN's
+    queries = 10, MEAZO's β = 0.999), not the generic one.
     """
     if isinstance(cfg, dict):
         cfg = make_config(cfg)
     cls = get(cfg.name)
     if not isinstance(cfg, cls.Config):
-        cfg = cls.Config(**dataclasses.asdict(cfg))
+        cfg = cls.Config(name=cfg.name, **_set_keys(cfg))
     return cls(model, cfg, seed)
+
+
+def _set_keys(cfg) -> dict:
+    """The fields of a config that differ from its class's defaults (a tensor value always does)."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.name != "name" and not (type(value) is type(f.default) and value == f.default):
+            out[f.name] = value
+    return out

@@ -168,6 +168,10 @@ class Single:
     def is_zero(self, v: float) -> bool:
         return v == 0.0
 
+    def divide(self, num: float, den: float) -> float:
+        """num / den, and 0 where den is 0 (a step with nothing to scale it by moves nothing)."""
+        return num / den if den != 0.0 else 0.0
+
     def finite(self, values: Sequence[float]) -> bool:
         return all(math.isfinite(v) for v in values)
 
@@ -205,6 +209,9 @@ class Rows(Single):
 
     def is_zero(self, v: float | torch.Tensor) -> bool:
         return bool((torch.as_tensor(v) == 0.0).all())
+
+    def divide(self, num: float | torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+        return torch.where(den != 0.0, num / den, 0.0)
 
     def finite(self, values: Sequence[torch.Tensor]) -> torch.Tensor:
         return torch.isfinite(torch.cat(list(values), 1)).all(1, keepdim=True)
@@ -284,7 +291,7 @@ class ZOOptimizer:
         if not self.supports_rows or len(self.params) != 1 or shape[0] != count:
             raise ZOError(
                 f"optimizer {self.name} cannot run a model of {count} problems as rows (one trainable "
-                "(rows, d) tensor, with mezo, mezo_momentum or conmezo): run them one by one"
+                "(rows, d) tensor and an optimizer that supports rows): run them one by one"
             )
         return Rows(count, self.d, self.params[0].device)
 
@@ -575,7 +582,7 @@ class ZOOptimizer:
         if state.get("name") != self.name or state.get("d") != self.d:
             raise ZOError(
                 f"checkpoint holds optimizer {state.get('name')} over {state.get('d')} parameters, "
-                f"this run uses {self.name} over {self.d}: use a fresh output folder or resume=false"
+                f"this run uses {self.name} over {self.d}: use a fresh output folder or force=true"
             )
         saved = state["momentum"] or []
         if state.get("layout") != LAYOUT or [t.shape for t in saved] != [
@@ -583,7 +590,7 @@ class ZOOptimizer:
         ]:
             raise ZOError(
                 "checkpoint's optimizer state was written by an older zo-runner layout: "
-                "use a fresh output folder or resume=false"
+                "use a fresh output folder or force=true"
             )
         for buf, value in zip(self.momentum or [], saved, strict=True):
             buf.copy_(value)

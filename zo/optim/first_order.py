@@ -140,7 +140,7 @@ class FirstOrder:
         if state.get("name") != self.name or state.get("d") != self.d:
             raise ZOError(
                 f"checkpoint holds optimizer {state.get('name')} over {state.get('d')} parameters, "
-                f"this run uses {self.name} over {self.d}: use a fresh output folder or resume=false"
+                f"this run uses {self.name} over {self.d}: use a fresh output folder or force=true"
             )
         saved: dict[str, dict[str, torch.Tensor]] = state["state"]
         for key, entry in saved.items():
@@ -148,7 +148,7 @@ class FirstOrder:
             if any(v.ndim and v.shape != shape for v in entry.values()):
                 raise ZOError(
                     f"checkpoint's optimizer state for parameter {key} does not fit its shape "
-                    f"{tuple(shape)}: use a fresh output folder or resume=false"
+                    f"{tuple(shape)}: use a fresh output folder or force=true"
                 )
         position = {key: self._torch_index[id(self.params[int(key)])] for key in saved}
         self.torch.load_state_dict(

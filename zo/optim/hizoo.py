@@ -30,9 +30,9 @@ from dataclasses import dataclass
 import torch
 
 from zo.flat import Run, Segment
-from zo.noise import normal_at, positions
+from zo.noise import normal_at
 from zo.optim import register
-from zo.optim.base import DTYPES, OptimConfig, Probe, ZOOptimizer
+from zo.optim.base import DTYPES, OptimConfig, Probe, ZOOptimizer, index_of
 from zo.rounding import round_to
 
 PROBES = (Probe(0.0), Probe(+1.0), Probe(-1.0))  # L₀, L₊, L₋
@@ -62,8 +62,9 @@ def preconditioned_at(
 
 
 def preconditioned(x: torch.Tensor, h: torch.Tensor, start: int, seed: int, s: float) -> torch.Tensor:
-    """`preconditioned_at` over a contiguous stretch of the flat vector starting at index start."""
-    return preconditioned_at(x, h, positions(start, x.numel(), x.device), seed, s)
+    """`preconditioned_at` over a contiguous stretch of the flat vector starting at index start
+    (1-D, or seen as rows)."""
+    return preconditioned_at(x, h, index_of(x, start), seed, s)
 
 
 def preconditioned_rows(
@@ -89,7 +90,7 @@ def hizoo_step(
     sr: bool,
 ) -> None:
     """H ← H + αH(κu² − 1), then x ← decay·x − η p u/√H_new, in one pass (seeds: noise, x, H rounding)."""
-    idx = positions(start, x.numel(), x.device)
+    idx = index_of(x, start)
     u = normal_at(idx, seeds[0])
     h_old = h.float()
     h_new = h_old + alpha * h_old * (curvature * u * u - 1.0)
@@ -101,6 +102,7 @@ def hizoo_step(
 class HiZOO(ZOOptimizer):
     name = "hizoo"
     Config = HiZOOConfig
+    supports_rows = True  # L₀, L±, κ and p are (R, 1) columns; H is per coordinate anyway
 
     def __init__(self, model: torch.nn.Module, cfg: HiZOOConfig, seed: int) -> None:
         super().__init__(model, cfg, seed)
@@ -118,8 +120,8 @@ class HiZOO(ZOOptimizer):
         return self.hessian[run.group][run.start : run.end]
 
     def block_weights(self, x: torch.Tensor, run: Run, scale: float) -> torch.Tensor:
-        start = self.flat.slice(run)[1]
-        return self.kernel(preconditioned)(x, self._hessian_slice(run), start, self.noise_seed(), scale)
+        start, h = self.flat.slice(run)[1], self.rows.view(self._hessian_slice(run))
+        return self.kernel(preconditioned)(self.rows.view(x), h, start, self.noise_seed(), scale).view_as(x)
 
     def embedding_rows(
         self, rows: torch.Tensor, ids: torch.Tensor, seg: Segment, scale: float
@@ -142,7 +144,7 @@ class HiZOO(ZOOptimizer):
         step, alpha, sr = self.kernel(hizoo_step), self.cfg.hessian_smooth, self.cfg.stochastic_rounding
         # slices() walks the update runs in order; H is sliced like x, so it needs the run's buffer.
         for run, (x, _, start, decay) in zip(self._update_runs, self.slices(lr), strict=True):
-            h = self._hessian_slice(run)
+            h = self.rows.view(self._hessian_slice(run))
             step(x, h, start, seeds, decay, self.curvature, alpha, self.projected_grad, lr, sr)
 
     def state_dict(self) -> dict:

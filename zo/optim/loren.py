@@ -360,7 +360,7 @@ class Loren(ZOOptimizer):
         if [t.shape for t in saved] != [t.shape for t in self.a]:
             raise ZOError(
                 "checkpoint's LOREN vectors a do not match this model's tensors: "
-                "use a fresh output folder or resume=false"
+                "use a fresh output folder or force=true"
             )
         self.a = [
             value.to(mine.device, torch.float32).clone() for mine, value in zip(self.a, saved, strict=True)

@@ -28,7 +28,6 @@ Choices where the source is silent or wrong (doc §5):
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -63,6 +62,7 @@ class MEAZO(MeZO):
     name = "meazo"
     Config = MEAZOConfig
     supports_queries = True
+    supports_rows = True  # v and its step are (R, 1) columns then; every grouping is one group
 
     def __init__(self, model: nn.Module, cfg: MEAZOConfig, seed: int) -> None:
         super().__init__(model, cfg, seed)
@@ -128,7 +128,11 @@ class MEAZO(MeZO):
     def slices(self, lr: float) -> Iterator[tuple[torch.Tensor, torch.Tensor | None, int, float]]:
         """Only the current group moves (and decays)."""
         for x, m, start, decay in super().slices(lr):
-            for i, j in self._inside(start, x.numel()):
+            parts = self._inside(start, x.numel())
+            if parts == [(0, x.numel())]:
+                yield x, m, start, decay  # all of it (as rows, when the model is R problems)
+                continue
+            for i, j in parts:
                 yield x[i:j], m, start + i, decay
 
     # ---- update and state ---------------------------------------------------------------------
@@ -136,8 +140,8 @@ class MEAZO(MeZO):
         b, ema = self.group, self.cfg.beta
         self.updates[b] += 1
         self.v[b] = ema * self.v[b] + (1.0 - ema) * self.projected_grad**2
-        denom = math.sqrt(self.v[b] / (1.0 - ema ** self.updates[b])) + self.cfg.zeta
-        super().update(lr / denom if denom > 0.0 else 0.0, None)
+        denom = self.rows.norm(self.v[b] / (1.0 - ema ** self.updates[b])) + self.cfg.zeta  # √v̂ + ζ
+        super().update(self.rows.divide(lr, denom), None)
 
     def state_dict(self) -> dict:
         return {
@@ -152,7 +156,7 @@ class MEAZO(MeZO):
         if state.get("groups") != self.cfg.groups or len(state["v"]) != len(self.v):
             raise ZOError(
                 f"checkpoint's MEAZO state has {len(state.get('v', []))} groups ({state.get('groups')}), "
-                f"this run {len(self.v)} ({self.cfg.groups}): use the same optimizer.groups or resume=false"
+                f"this run {len(self.v)} ({self.cfg.groups}): use the same optimizer.groups or force=true"
             )
         self.v = [float(v) for v in state["v"]]
         self.updates = [int(n) for n in state["updates"]]

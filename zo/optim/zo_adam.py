@@ -25,9 +25,8 @@ import torch
 from torch import nn
 
 from zo import ZOError
-from zo.noise import positions
 from zo.optim import register
-from zo.optim.base import DTYPES, OptimConfig
+from zo.optim.base import DTYPES, OptimConfig, index_of
 from zo.optim.mezo import Directions, MeZO, noise_sum
 from zo.rounding import round_to
 
@@ -68,7 +67,7 @@ def adam_step(
     """
     m, v, peak = moments
     b1, b2, c1, c2, delta = hyper
-    idx = positions(start, x.numel(), x.device)
+    idx = index_of(x, start)
     x_old = x.float()
     g = noise_sum(idx, *direction) + wd * x_old
     m_new = b1 * m.float() + (1.0 - b1) * g
@@ -87,6 +86,7 @@ class ZOAdam(MeZO):
     name = "zo_adam"
     Config = ZOAdamConfig
     supports_queries = True
+    supports_rows = True  # per-row η and estimates broadcast as (R, 1) columns over (R, d) views
 
     def __init__(self, model: nn.Module, cfg: ZOAdamConfig, seed: int) -> None:
         super().__init__(model, cfg, seed)
@@ -111,12 +111,12 @@ class ZOAdam(MeZO):
             x, start = self.flat.slice(run)
             buf, part = run.group, slice(run.start, run.end)
             moments = (
-                self.momentum[buf][part],
-                self.second[buf][part],
-                self.peak[buf][part] if self.peak else None,
+                self.rows.view(self.momentum[buf][part]),
+                self.rows.view(self.second[buf][part]),
+                self.rows.view(self.peak[buf][part]) if self.peak else None,
             )
             wd = cfg.weight_decay if run.segments[0].decays else 0.0
-            step(x, moments, start, direction, seeds, wd, lr, hyper, cfg.stochastic_rounding)
+            step(self.rows.view(x), moments, start, direction, seeds, wd, lr, hyper, cfg.stochastic_rounding)
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "second": self.second, "peak": self.peak, "steps": self.steps}
@@ -128,7 +128,7 @@ class ZOAdam(MeZO):
             if saved is None or [t.shape for t in saved] != [t.shape for t in mine]:
                 raise ZOError(
                     f"checkpoint's ZO-Adam state '{key}' does not match this run (optimizer.amsgrad "
-                    f"is {self.cfg.amsgrad}): resume with the same optimizer.amsgrad or resume=false"
+                    f"is {self.cfg.amsgrad}): resume with the same optimizer.amsgrad or force=true"
                 )
             for buf, value in zip(mine, saved, strict=True):
                 buf.copy_(value)
