@@ -80,6 +80,29 @@ def check_groups(args: list[str]) -> None:
                 fail(f"unknown {group} '{choice}'; choose one of: {', '.join(options(group))}", 2)
 
 
+NAME_MAX = 255  # bytes in one file name (ext4, xfs, APFS)
+
+
+def longest_job_folder(args: list[str]) -> int:
+    """Length of the longest job folder a `+sweeps=` preset's sweep would create: the presets name a job
+    by all its overrides (${hydra.job.override_dirname}), the preset's grid and the command line's, each
+    sweep at its longest value. 0 without a preset, or where the command line names the folders itself."""
+    from omegaconf import OmegaConf
+
+    preset = next((a.partition("=")[2] for a in args if a.startswith("+sweeps=")), None)
+    if preset is None or any(a.startswith("hydra.sweep.subdir=") for a in args):
+        return 0
+    path = ROOT / "sweeps" / f"{preset}.yaml"
+    grid = OmegaConf.select(OmegaConf.load(path), "hydra.sweeper.params") if path.exists() else None
+    keys = {str(k): str(v) for k, v in (grid or {}).items()}
+    for arg in args:
+        key, _, value = arg.partition("=")
+        if value and not key.startswith(("hydra.", "hydra/")):
+            keys[key] = value
+    longest = [f"{k}={max(v.split(','), key=len)}" for k, v in keys.items()]
+    return len(",".join(sorted(longest)).encode())
+
+
 def prepare_argv(args: list[str]) -> list[str]:
     """Flags (with their values) first, then overrides, then the repo root on Hydra's search path."""
     flags: list[str] = []
@@ -94,6 +117,13 @@ def prepare_argv(args: list[str]) -> list[str]:
             flags += args[i : i + 2] if takes_value else [word]
         i += 2 if takes_value else 1
     check_groups(rest)
+    if ("-m" in flags or "--multirun" in flags) and (length := longest_job_folder(rest)) > NAME_MAX:
+        fail(
+            f"this sweep would name a job folder by all its overrides, {length} characters (a file name "
+            f"may have {NAME_MAX}): name the folders by what varies, e.g. "
+            "hydra.sweep.subdir='${optimizer.name}', or put the fixed overrides in a config of your own",
+            2,
+        )
     return flags + rest + [f"hydra.searchpath=[file://{ROOT}]"]
 
 

@@ -162,6 +162,25 @@ def test_unknown_option_inside_a_sweep_is_one_line(arg: str, capsys: pytest.Capt
     assert capsys.readouterr().err.startswith("error: unknown optimizer ")
 
 
+def test_a_preset_sweep_whose_folder_names_would_be_too_long_is_one_line(capsys) -> None:
+    """A preset names each job folder by every override; past 255 characters Hydra would crash mid-sweep."""
+    import launch
+
+    args = ["+sweeps=convergence", "-m", "optimizer=mezo,conmezo", *TINY, "train.dev_samples=8"]
+    args += ["train.steps=2", "log.align_every=0", "ckpt.every=0", "optimizer.fused=false"]
+    with pytest.raises(SystemExit) as exit_:
+        launch.prepare_argv(args)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1
+    assert "characters (a file name may have 255)" in err and "hydra.sweep.subdir=" in err
+    # Naming the folders, or the same overrides without the preset's naming, pass.
+    assert launch.prepare_argv([*args, "hydra.sweep.subdir=${optimizer.name}"])
+    assert launch.prepare_argv(args[1:])
+    assert launch.longest_job_folder(["+sweeps=convergence", "task=sst2"]) == len(
+        "+sweeps=convergence,optimizer=mezo_momentum,task=sst2,train.seed=0"
+    )
+
+
 def test_invalid_grid_point_fails_as_its_own_job(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     res = cli([*QUAD, "train.steps=2", f"hydra.sweep.dir={sweep}", "-m", "optimizer.theta=2,1.2"], tmp_path)
