@@ -29,6 +29,7 @@ bench: bench-synthetic bench-step
 
 bench-synthetic:
 	$(PY) bench/synthetic.py
+	$(PY) bench/synthetic.py --protocol text
 
 bench-step:
 	$(PY) bench/step.py

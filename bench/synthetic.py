@@ -461,7 +461,7 @@ def report(result: dict) -> None:
         table.add_column(col)
     for h in result["horizons"]:
         for m, r in h["methods"].items():
-            low_high = r.get("speedup_95")
+            low_high = r.get("speedup_95") if r["speedup"] else None  # never reached: no interval
             table.add_row(
                 f"{h['steps']:,}",
                 m,
