@@ -42,12 +42,14 @@ from zo import ZOError
 NAME = "checkpoint.safetensors"
 LEGACY = "checkpoint.pt"  # the pickle format of earlier versions: refused, never unpickled
 FORMAT = "zo-checkpoint/1"
-RUN_FILES = ("metrics.jsonl", "summary.json", "config.yaml", NAME, LEGACY, "wandb")  # what force moves aside
+# What force=true moves aside (the saved model too: a rerun must not leave an old model beside new metrics).
+RUN_FILES = ("metrics.jsonl", "summary.json", "config.yaml", NAME, LEGACY, "wandb", "model")
 # Keys that may differ between a run and its resume: where and how the run is watched, stored and
 # executed, never what it computes. (optimizer.fused runs the same math compiled or eagerly.)
 FREE = (
     "log.",
     "ckpt.",
+    "save.",
     "resume",
     "force",
     "overrides",

@@ -151,6 +151,16 @@ class CkptConfig:
         return {"every": (self.every >= 0, ">= 0 (0 = only when stopped)")}
 
 
+@dataclass
+class SaveConfig:
+    """save.*"""
+
+    model: bool
+
+    def checks(self) -> Checks:
+        return {}
+
+
 class ModelKeys(ModelConfig):
     """model.*: `ModelConfig`'s fields and the values each may take."""
 
@@ -189,6 +199,7 @@ SECTIONS: dict[str, type] = {
     "data": DataConfig,
     "log": LogConfig,
     "ckpt": CkptConfig,
+    "save": SaveConfig,
 }
 IGNORED = {"hydra"}  # present when a test composes with return_hydra_config
 

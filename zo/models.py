@@ -104,10 +104,17 @@ def _auto_class(kind: str):
     }[kind]
 
 
+def _local(cfg: ModelConfig) -> Path | None:
+    """model.name_or_path as an existing folder: it wins over every other source (a tiny model's
+    random init too), so a saved run (<run>/model) loads whatever the model config it was run with."""
+    folder = Path(cfg.name_or_path).expanduser() if cfg.name_or_path else None
+    return folder if folder is not None and folder.is_dir() else None
+
+
 def _resolve(cfg: ModelConfig) -> str:
     """Where to load from: a local folder if it exists, an offline wheel, else the hub id."""
-    if cfg.name_or_path and Path(cfg.name_or_path).expanduser().is_dir():
-        return str(Path(cfg.name_or_path).expanduser())
+    if (folder := _local(cfg)) is not None:
+        return str(folder)
     if cfg.source == "smollm2_wheel":
         return str(smollm2_folder())
     if cfg.source == "minilm_wheel":
@@ -118,7 +125,7 @@ def _resolve(cfg: ModelConfig) -> str:
 def load_tokenizer(cfg: ModelConfig):
     from transformers import AutoTokenizer
 
-    if cfg.source == "tiny":
+    if cfg.source == "tiny" and _local(cfg) is None:
         path = {"minilm": minilm_folder, "smollm2": smollm2_folder}[cfg.tokenizer]()
     else:
         path = _resolve(cfg)
@@ -138,7 +145,7 @@ def load_model(cfg: ModelConfig, num_labels: int, seed: int) -> tuple[nn.Module,
     torch.manual_seed(seed)  # fresh heads (cls) and tiny models initialise reproducibly
     try:
         tokenizer = load_tokenizer(cfg)
-        if cfg.source == "tiny":
+        if cfg.source == "tiny" and _local(cfg) is None:
             from transformers import AutoConfig
 
             arch = dict(cfg.arch)
@@ -147,8 +154,8 @@ def load_model(cfg: ModelConfig, num_labels: int, seed: int) -> tuple[nn.Module,
         else:
             model = _auto_class(cfg.kind).from_pretrained(_resolve(cfg), dtype=DTYPES[cfg.dtype], **extra)
     except (OSError, ValueError, KeyError) as err:
-        folder = Path(cfg.name_or_path).expanduser() if cfg.name_or_path else None
-        if folder is not None and folder.is_dir():  # a folder wins over the hub: it is what failed
+        folder = _local(cfg)
+        if folder is not None:  # a folder wins over the hub: it is what failed
             what = "is empty" if not any(folder.iterdir()) else "is incomplete"
             first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
             raise ZOError(
@@ -170,3 +177,29 @@ def load_model(cfg: ModelConfig, num_labels: int, seed: int) -> tuple[nn.Module,
     for p in model.parameters():
         p.requires_grad_(True)
     return model, tokenizer
+
+
+def save_model(model: nn.Module, tokenizer: object | None, folder: Path) -> Path | None:
+    """Write the model as a Hugging Face folder (`save_pretrained`: config, safetensors weights, and
+    the tokenizer), so `AutoModelFor*.from_pretrained(folder)` and `model.name_or_path=folder` load it.
+
+    Written to a temporary folder and renamed into place: a full disk or a kill leaves no half-written
+    folder that would load as a broken model. The quadratic has nothing to save (None)."""
+    if not hasattr(model, "save_pretrained"):
+        return None
+    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ZOError(
+            f"could not write the finetuned model to {folder} ({type(err).__name__}: {err.strerror or err}): "
+            "free space and rerun: it resumes from its last checkpoint (ckpt.every), or starts over "
+            "with force=true; or set save.model=false"
+        ) from err
+    return folder

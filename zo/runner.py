@@ -33,7 +33,7 @@ from data import Request, TaskData, build_task, load_task_data
 from data.readers import decoding
 from zo import ZOError, checkpoint
 from zo.config import model_config, optim_config, schedule_config
-from zo.models import load_model
+from zo.models import load_model, save_model
 from zo.noise import mix
 from zo.objective import Objective, batches, build_objective
 from zo.optim import build
@@ -278,5 +278,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
                 stop.pass_on()  # submitit requeues the job and exits here
                 break
         else:
+            if cfg.save.model and steps > 0:  # an evaluation-only run has nothing new to save
+                saved = save_model(model, tokenizer, out_dir / "model")
+                record.summary["model_dir"] = None if saved is None else str(saved)
             record.finished()
     return record.summary

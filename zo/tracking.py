@@ -211,6 +211,7 @@ class RunRecord:
             "config": self.config,
             "data": None,
             "output_dir": str(out_dir),
+            "model_dir": None,  # the finetuned model's folder (save.model), once written
         }
         self.last_eval: dict | None = saved.get("last_eval")
         self.loss_start: float | None = saved.get("loss_start")
