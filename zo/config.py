@@ -34,6 +34,7 @@ from zo.schedule import ScheduleConfig
 
 SOURCES = ("hub", "smollm2_wheel", "minilm_wheel", "tiny", "quadratic")
 TOKENIZERS = ("", "minilm", "smollm2")
+TRAINABLE = ("all", "lora", "prefix")
 
 
 class ConfigError(ValueError):
@@ -169,7 +170,21 @@ class ModelKeys(ModelConfig):
             "kind": (self.kind in KINDS, "one of " + ", ".join(KINDS)),
             "source": (self.source in SOURCES, "one of " + ", ".join(SOURCES)),
             "dtype": (self.dtype in DTYPES, "one of " + ", ".join(DTYPES)),
-            "trainable": (self.trainable == "all", "all (full-parameter ZO; nothing else is implemented)"),
+            "trainable": (
+                self.trainable in TRAINABLE and (self.trainable != "prefix" or self.kind == "causal"),
+                "all, lora or prefix (prefix: causal LMs only)",
+            ),
+            "lora": (
+                set(self.lora) == {"r", "alpha", "target_modules"}
+                and int(self.lora["r"]) >= 1
+                and self.lora["alpha"] > 0
+                and (self.lora["target_modules"] is None or isinstance(self.lora["target_modules"], list)),
+                "{r: >= 1, alpha: > 0, target_modules: null or a list of module names}",
+            ),
+            "prefix": (
+                set(self.prefix) == {"tokens"} and int(self.prefix["tokens"]) >= 1,
+                "{tokens: >= 1}",
+            ),
             "tokenizer": (
                 self.tokenizer in TOKENIZERS[1:] if self.source == "tiny" else self.tokenizer in TOKENIZERS,
                 "minilm or smollm2 (the offline tokenizers; required by source=tiny)",

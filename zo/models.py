@@ -33,7 +33,9 @@ class ModelConfig:
     name_or_path: str = ""  # hub id or local folder
     source: str = "hub"  # hub | smollm2_wheel | minilm_wheel | tiny | quadratic
     dtype: str = "fp32"
-    trainable: str = "all"
+    trainable: str = "all"  # all | lora | prefix
+    lora: dict = field(default_factory=lambda: {"r": 8, "alpha": 16, "target_modules": None})
+    prefix: dict = field(default_factory=lambda: {"tokens": 5})
     tokenizer: str = ""  # tiny models: "minilm" or "smollm2" (offline tokenizers)
     arch: dict = field(default_factory=dict)  # tiny models: transformers config kwargs (model_type, sizes)
     d: int = 1000  # quadratic: dimension
@@ -137,8 +139,6 @@ def load_tokenizer(cfg: ModelConfig):
 
 def load_model(cfg: ModelConfig, num_labels: int, seed: int) -> tuple[nn.Module, object | None]:
     """Build the model (on CPU, in cfg.dtype) and its tokenizer (None for the quadratic)."""
-    if cfg.trainable != "all":
-        raise ZOError(f"model.trainable={cfg.trainable} is not implemented yet; use model.trainable=all")
     if cfg.kind == "quadratic":
         return Quadratic(cfg.d, cfg.init_norm, seed), None
     extra = {"num_labels": num_labels} if cfg.kind == "cls" else {}
@@ -176,7 +176,38 @@ def load_model(cfg: ModelConfig, num_labels: int, seed: int) -> tuple[nn.Module,
         model.config.pad_token_id = tokenizer.pad_token_id
     for p in model.parameters():
         p.requires_grad_(True)
-    return model, tokenizer
+    return (model if cfg.trainable == "all" else with_adapters(model, cfg)), tokenizer
+
+
+def with_adapters(model: nn.Module, cfg: ModelConfig) -> nn.Module:
+    """The model wrapped by peft (`get_peft_model`) with LoRA or prefix-tuning adapters: only their
+    weights require grad, so only they enter the optimizers' flat buffers; the base is never
+    perturbed or written. Adapters start as peft initialises them (LoRA: B = 0, the model unchanged),
+    from torch's generator, which load_model seeded."""
+    import peft
+
+    if cfg.trainable == "lora":
+        lora = cfg.lora
+        task = {"causal": peft.TaskType.CAUSAL_LM, "cls": peft.TaskType.SEQ_CLS}.get(cfg.kind)
+        config = peft.LoraConfig(
+            r=lora["r"],
+            lora_alpha=lora["alpha"],
+            target_modules=lora["target_modules"],
+            lora_dropout=0.0,  # f(x+λz) and f(x−λz) must see the same network
+            task_type=task,
+        )
+    else:
+        config = peft.PrefixTuningConfig(
+            num_virtual_tokens=cfg.prefix["tokens"], task_type=peft.TaskType.CAUSAL_LM
+        )
+    try:
+        return peft.get_peft_model(model, config)
+    except ValueError as err:  # e.g. target modules the architecture does not have
+        first = (str(err).strip().splitlines() or ["ValueError"])[0][:200]
+        raise ZOError(
+            f"model.trainable={cfg.trainable} on {cfg.name}: peft refused it ({first}); "
+            "set model.lora.target_modules to module names of this architecture"
+        ) from err
 
 
 def save_model(model: nn.Module, tokenizer: object | None, folder: Path) -> Path | None:

@@ -18,6 +18,7 @@ most of the forward's cost otherwise.
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 from collections.abc import Sequence
@@ -98,6 +99,24 @@ class _Tokenized(Objective):
         raise NotImplementedError
 
 
+def hidden_states(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The transformer body's last hidden states: the heads then run only where a score needs them.
+
+    A peft model runs its underlying transformers model's body (LoRA layers sit inside it); prefix
+    tuning also passes its virtual tokens' keys and values and widens the mask, as peft's forward does.
+    """
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    extra = {}
+    if hasattr(model, "peft_config") and model.active_peft_config.is_prompt_learning:
+        # transformers 5 names the argument `cache` (`past_key_values` before, deprecated since)
+        named = inspect.signature(inner.base_model.forward).parameters
+        key = "cache" if "cache" in named else "past_key_values"
+        extra[key] = model.get_prompt(batch_size=ids.shape[0])
+        tokens = model.active_peft_config.num_virtual_tokens
+        mask = torch.cat([mask.new_ones(ids.shape[0], tokens), mask], 1)
+    return inner.base_model(input_ids=ids, attention_mask=mask, **extra).last_hidden_state
+
+
 def mlm_head(model: nn.Module) -> nn.Module:
     for attr in ("lm_head", "cls", "generator_lm_head"):
         if hasattr(model, attr):
@@ -125,7 +144,7 @@ class MaskedLM(_Tokenized):
     def scores(self, model: nn.Module, batch: list[Example]) -> torch.Tensor:
         encoded = [self._prompt_ids(ex) for ex in batch]
         ids, mask = _pad([e[0] for e in encoded], self.tok.pad_token_id, _device(model))
-        hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+        hidden = hidden_states(model, ids, mask)
         at_mask = hidden[torch.arange(len(batch)), torch.tensor([e[1] for e in encoded])]
         logits = mlm_head(model)(at_mask).float()[:, self.label_ids]
         return logits.log_softmax(-1)
@@ -165,7 +184,7 @@ class CausalLM(_Tokenized):
         """Per pair, the log-probability of each continuation token given everything before it."""
         seqs, starts = self._sequences(pairs)
         ids, mask = _pad(seqs, self.tok.pad_token_id, _device(model))
-        hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+        hidden = hidden_states(model, ids, mask)
         rows, cols = [], []
         for row, (seq, start) in enumerate(zip(seqs, starts, strict=True)):
             rows += [row] * (len(seq) - start)
@@ -204,7 +223,7 @@ class CausalLM(_Tokenized):
         """
         seqs, _ = self._sequences([(self.task.causal_prompt(ex), "") for ex in batch])
         tokens, mask = _pad(seqs, self.tok.pad_token_id, _device(model))
-        hidden = model.base_model(input_ids=tokens, attention_mask=mask).last_hidden_state
+        hidden = hidden_states(model, tokens, mask)
         last = hidden[torch.arange(len(batch)), torch.tensor([len(s) - 1 for s in seqs])]
         logprobs = model.get_output_embeddings()(last).float().log_softmax(-1)
         return logprobs.gather(-1, torch.tensor(ids, device=logprobs.device)).log_softmax(-1)

@@ -1,0 +1,92 @@
+"""LoRA and prefix tuning through peft (model.trainable=lora|prefix): only the adapters enter the flat
+buffers and move; the frozen base is never perturbed or written, under every optimizer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import TINY, compose, run_inprocess
+from zo import ZOError
+from zo.optim import build, names
+
+
+def setup(mode: str, optimizer: str = "mezo"):
+    from data import build_task
+    from zo.config import model_config
+    from zo.models import load_model
+    from zo.objective import build_objective
+    from zo.runner import load_data
+
+    cfg = compose([*TINY, f"optimizer={optimizer}", "optimizer.fused=false", f"model.trainable={mode}"])
+    task = build_task(cfg.task.name)
+    model, tokenizer = load_model(model_config(cfg), task.num_labels, seed=0)
+    objective = build_objective(task, "causal", tokenizer, cfg.task.max_length, "classification")
+    return cfg, model, objective, load_data(cfg, task).train[:4]
+
+
+def train(model, objective, batch, cfg, steps: int = 3) -> None:
+    from zo.config import optim_config
+    from zo.runner import mean_loss
+
+    opt = build(model, optim_config(cfg), seed=0)
+    for t in range(1, steps + 1):
+        loss_at = lambda probe: mean_loss(objective, model, batch, 4, backward=probe.grad)  # noqa: E731
+        opt.step(t, loss_at, 1e-2, 0.9 if opt.uses_beta else None)
+
+
+@pytest.mark.parametrize("optimizer", names())
+@pytest.mark.parametrize("mode", ["lora", "prefix"])
+def test_only_the_adapters_move_and_the_base_stays_bitwise(
+    mode: str, optimizer: str, needs_shared: Path
+) -> None:
+    cfg, model, objective, batch = setup(mode, optimizer)
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    adapters = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    assert adapters and all(("lora_" in n) == (mode == "lora") for n in adapters)
+    assert sum(p.numel() for p in adapters.values()) < sum(p.numel() for p in frozen.values()) / 10
+    train(model, objective, batch, cfg)
+    now = dict(model.named_parameters())
+    assert all(torch.equal(now[n], p) for n, p in frozen.items())
+    assert any(not torch.equal(now[n], p) for n, p in adapters.items())
+
+
+def test_prefix_scores_equal_peft_s_own_forward(needs_shared: Path) -> None:
+    """The objective runs the body and the head where a score needs it; with a prefix that must be
+    what peft's forward (virtual keys and values, widened mask) gives."""
+    from zo.objective import hidden_states
+
+    _, model, objective, batch = setup("prefix")
+    enc = objective.tok([objective.task.causal_prompt(ex) for ex in batch], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        ours = model.get_output_embeddings()(hidden_states(model, enc.input_ids, enc.attention_mask))
+        theirs = model(input_ids=enc.input_ids, attention_mask=enc.attention_mask).logits
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+def test_a_lora_run_reports_its_trainable_count_and_saves_the_adapter(
+    tmp_path: Path, needs_shared: Path
+) -> None:
+    summary = run_inprocess(
+        [*TINY, "model.trainable=lora", "train.steps=2", "optimizer.fused=false"], tmp_path
+    )
+    _, model, _, _ = setup("lora")
+    assert summary["params"] == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert (tmp_path / "model" / "adapter_config.json").exists()
+    assert (tmp_path / "model" / "adapter_model.safetensors").exists()
+
+
+def test_adapter_keys_are_checked(tmp_path: Path) -> None:
+    from zo.config import ConfigError, validate
+
+    for bad, needle in (
+        (["model=tiny-roberta", "model.trainable=prefix"], "prefix: causal LMs only"),
+        (["model.lora.r=0"], "r: >= 1"),
+        (["model.trainable=adapters"], "all, lora or prefix"),
+    ):
+        with pytest.raises(ConfigError, match=needle):
+            validate(compose([*TINY, *bad]))
+    with pytest.raises(ZOError, match="set model.lora.target_modules to module names"):
+        run_inprocess([*TINY, "model.trainable=lora", "model.lora.target_modules=[nope]"], tmp_path)
