@@ -210,3 +210,22 @@ def test_full_disk_keeps_previous_checkpoint(tmp_path: Path, monkeypatch: pytest
         checkpoint.save(tmp_path, model, opt, step=8, metrics_bytes=456, config={}, runner={})
     assert (tmp_path / checkpoint.NAME).read_bytes() == before
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize(("metric", "shown"), [("loss", ["loss"]), ("accuracy", ["loss", "accuracy"])])
+def test_progress_bar_shows_each_number_once(metric: str, shown: list[str]) -> None:
+    from zo.tracking import bar_text
+
+    words = bar_text(metric).split()
+    assert [w for w in words if not w.startswith("{")] == shown
+
+
+def test_readme_quadratic_command_visibly_converges(tmp_path: Path) -> None:
+    """The README's quadratic line, as typed (steps cut to 2000): f falls at every evaluation."""
+    line = next(ln for ln in (ROOT / "README.md").read_text().splitlines() if "model=quadratic task=" in ln)
+    args = [a.replace("train.steps=5000", "train.steps=2000") for a in line.split()[2:]]
+    proc = cli([*args, "log.wandb=disabled", f"hydra.run.dir={tmp_path}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    curve = [r["loss"] for r in read_metrics(tmp_path / "metrics.jsonl") if r.get("evaluated")]
+    assert len(curve) == 5 and curve[-1] < curve[0] / 3
+    assert all(later < earlier for earlier, later in zip(curve, curve[1:], strict=False))

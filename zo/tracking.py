@@ -112,6 +112,13 @@ class WandB:
             self.run.finish(exit_code=0 if summary.get("status") == "finished" else 1)
 
 
+def bar_text(metric: str) -> str:
+    """The bar's numbers: the training loss, and the metric at the last evaluation unless the metric
+    is the loss itself (the quadratic), which would show it twice."""
+    last = "{task.fields[last]}"
+    return f"loss {last}" if metric == "loss" else f"loss {{task.fields[loss]}}  {metric} {last}"
+
+
 class Progress:
     """A rich progress bar on a terminal; on a log file, one line per evaluation instead."""
 
@@ -126,12 +133,10 @@ class Progress:
                 TextColumn("[bold]ZO"),
                 BarColumn(),
                 MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]}  {task.fields[metric]} {task.fields[last]}"),
+                TextColumn(bar_text(metric)),
                 TimeRemainingColumn(),
             )
-            self.task = self.bar.add_task(
-                "zo", total=total, completed=start, loss="—", metric=metric, last="—"
-            )
+            self.task = self.bar.add_task("zo", total=total, completed=start, loss="—", last="—")
             self.bar.start()
 
     def step(self, row: dict, evaluated: bool) -> None:
