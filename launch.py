@@ -44,9 +44,22 @@ def fail(message: str, code: int) -> None:
     raise SystemExit(code)
 
 
+SEARCH: list[Path] = []  # the command line's own config folders (hydra.searchpath=[file://DIR, ...])
+
+
 def options(group: str) -> list[str]:
-    folder = ROOT / "sweeps" if group == "sweeps" else CONF / group
-    return sorted(p.stem for p in folder.glob("*.yaml") if not p.stem.startswith("_"))
+    folders = [ROOT / "sweeps" if group == "sweeps" else CONF / group, *(d / group for d in SEARCH)]
+    return sorted({p.stem for f in folders for p in f.glob("*.yaml") if not p.stem.startswith("_")})
+
+
+def search_items(args: list[str]) -> list[str]:
+    """The entries of the command line's `hydra.searchpath=[...]` overrides (file://DIR, pkg://...)."""
+    items = []
+    for arg in args:
+        key, _, value = arg.partition("=")
+        if key.lstrip("+") == "hydra.searchpath":
+            items += [item.strip().strip("'\"") for item in value.strip("[]").split(",") if item.strip()]
+    return items
 
 
 def picked(arg: str) -> tuple[str, list[str]] | None:
@@ -116,6 +129,11 @@ def prepare_argv(args: list[str]) -> list[str]:
         elif word not in flags:  # `-m` typed twice is still one multirun
             flags += args[i : i + 2] if takes_value else [word]
         i += 2 if takes_value else 1
+    # A user's own config folders: their `task/mytask.yaml` is an option like the shipped ones. Hydra
+    # takes one searchpath, so theirs joins the repo root (which holds sweeps/) in a single override.
+    items = search_items(rest)
+    SEARCH[:] = [Path(i.removeprefix("file://")).expanduser() for i in items if i.startswith("file://")]
+    rest = [a for a in rest if a.partition("=")[0].lstrip("+") != "hydra.searchpath"]
     check_groups(rest)
     if ("-m" in flags or "--multirun" in flags) and (length := longest_job_folder(rest)) > NAME_MAX:
         fail(
@@ -124,7 +142,7 @@ def prepare_argv(args: list[str]) -> list[str]:
             "hydra.sweep.subdir='${optimizer.name}', or put the fixed overrides in a config of your own",
             2,
         )
-    return flags + rest + [f"hydra.searchpath=[file://{ROOT}]"]
+    return flags + rest + [f"hydra.searchpath=[{','.join([f'file://{ROOT}', *items])}]"]
 
 
 FAILED: list[str] = []  # jobs of this (local) sweep that failed, for the exit code at the end

@@ -52,6 +52,11 @@ class Task:
     splits: ClassVar[dict[str, list[str]]] = {}  # split -> candidate relative paths under data.root
     test_split: ClassVar[str] = "test"  # which of our splits holds the labelled evaluation set
 
+    @classmethod
+    def build(cls, options: dict) -> Task:
+        """The task, given its `task.*` keys: a built-in task needs none of them (`task=custom` does)."""
+        return cls()
+
     def load_split(self, split: str, root: Path | None) -> list[Example]:
         raise NotImplementedError
 

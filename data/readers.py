@@ -54,9 +54,10 @@ def read_text(path: Path, encoding: str | None = None) -> str:
         if codec == AUTO and not _UTF8_SEQUENCE.search(data):
             return data.decode("latin-1")
         byte = data[err.start : err.start + 1].hex()
+        line = data.count(b"\n", 0, err.start) + 1
         raise DataError(
             f"{path} is not valid {'utf-8' if codec == AUTO else codec} (byte 0x{byte} at offset "
-            f"{err.start}): re-save it as UTF-8, or set task.encoding to its encoding (e.g. "
+            f"{err.start}, line {line}): re-save it as UTF-8, or set task.encoding to its encoding (e.g. "
             "task.encoding=latin-1)"
         ) from err
 

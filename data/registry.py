@@ -14,7 +14,8 @@ def register(cls: type[Task]) -> type[Task]:
     return cls
 
 
-def build_task(name: str) -> Task:
+def build_task(name: str, options: dict | None = None) -> Task:
+    """Task `name`; `options` are its `task.*` keys (read by the tasks that are defined by them)."""
     if name not in TASKS:
         raise DataError(f"unknown task {name!r}; choose one of: {', '.join(sorted(TASKS))}")
-    return TASKS[name]()
+    return TASKS[name].build(options or {})

@@ -91,11 +91,31 @@ class TaskConfig:
     max_length: int
     train_loss: Literal["auto", "classification", "lm"]
     encoding: str
+    # task=custom only (conf/task/custom.yaml); the built-in tasks leave them unset
+    files: dict | None = None
+    columns: list | None = None
+    label_field: str = "label"
+    label_words: dict | None = None
+    template: dict | None = None
 
     def checks(self) -> Checks:
         from data import TASKS
 
+        custom = self.name == "custom"
+        files, words, template = self.files or {}, self.label_words or {}, self.template or {}
         return {
+            "files": (
+                not custom or (set(files) <= {"train", "test"} and bool(files.get("train"))),
+                "{train: PATH (required), test: PATH or null}",
+            ),
+            "label_words": (
+                not custom or (bool(words) and all(isinstance(w, str) for w in words.values())),
+                'a mapping from each label value to its word, e.g. {"0": " terrible", "1": " great"}',
+            ),
+            "template": (
+                not custom or (set(template) <= {"causal", "mlm"} and any(template.values())),
+                "{causal: PROMPT, mlm: PROMPT with {mask}} (at least one)",
+            ),
             "name": (self.name in TASKS, "one of " + ", ".join(sorted(TASKS))),
             "k": (self.k >= 1, "k >= 1"),
             "num_train": (self.num_train >= 1, "num_train >= 1"),

@@ -32,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 from data import Request, TaskData, build_task, load_task_data
 from data.readers import decoding
 from zo import ZOError, checkpoint
-from zo.config import model_config, optim_config, schedule_config
+from zo.config import model_config, optim_config, schedule_config, values
 from zo.models import load_model, save_model
 from zo.noise import mix
 from zo.objective import Objective, batches, build_objective
@@ -206,7 +206,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     with StopFlag() as stop, RunRecord(out_dir, cfg, folder) as record:
         # ---- build everything -------------------------------------------------------------------
         device = pick_device(cfg.train.device)
-        task = build_task(cfg.task.name)
+        task = build_task(cfg.task.name, values(cfg, "task"))
         data = load_data(cfg, task)
         model, tokenizer = load_model(model_config(cfg), task.num_labels, cfg.train.seed)
         model.to(device).eval()  # dropout off: f(x+λz) and f(x−λz) must see the same network
