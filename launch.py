@@ -106,7 +106,11 @@ def longest_job_folder(args: list[str]) -> int:
     if preset is None or any(a.startswith("hydra.sweep.subdir=") for a in args):
         return 0
     path = ROOT / "sweeps" / f"{preset}.yaml"
-    grid = OmegaConf.select(OmegaConf.load(path), "hydra.sweeper.params") if path.exists() else None
+    preset_cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=False) if path.exists() else {}
+    hydra = preset_cfg.get("hydra", {})
+    if "override_dirname" not in str(hydra.get("sweep", {}).get("subdir", "")):
+        return 0  # this preset numbers its job folders
+    grid = hydra.get("sweeper", {}).get("params")
     keys = {str(k): str(v) for k, v in (grid or {}).items()}
     for arg in args:
         key, _, value = arg.partition("=")
@@ -178,7 +182,8 @@ def main(cfg: DictConfig) -> float | None:
     if summary["status"] == "interrupted":  # in a sweep too: Ctrl-C stops the sweep, not one job
         fail(summary["error"], 130)
     final = summary.get("final") or {}
-    return final.get(summary["metric"])
+    # What a sweeper optimises (Optuna, +sweeps=tune): the dev metric where there is a dev split.
+    return final.get(f"dev_{summary['metric']}", final.get(summary["metric"]))
 
 
 def job_failed(out_dir: Path, err: Exception) -> None:

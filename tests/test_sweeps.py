@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.conftest import ROOT
@@ -163,3 +165,27 @@ def test_a_sweep_over_every_zo_method_runs_and_reports_one_row_each(tmp_path) ->
             r["lr"] == pytest.approx(cfg.lr_by_optimizer[r["optimizer"]])
             and r["test_at_best_dev"] is not None
         )
+
+
+def test_optuna_tune_preset_searches_lr_and_eps_and_reports_the_best_trial(tmp_path) -> None:
+    """+sweeps=tune on the quadratic: each trial returns its final f, the study keeps the smallest."""
+    import yaml
+
+    from tests.conftest import cli
+
+    sweep = tmp_path / "tune"
+    args = ["+sweeps=tune", "-m", "model=quadratic", "task=quadratic", "hydra.sweeper.direction=minimize",
+            "hydra.sweeper.n_trials=4", "train.steps=60", "log.wandb=disabled",
+            f"hydra.sweep.dir={sweep}"]  # fmt: skip
+    proc = cli(args, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    trials = [json.loads((sweep / str(n) / "summary.json").read_text()) for n in range(4)]
+    finals = [t["final"]["loss"] for t in trials]
+    assert best["best_value"] == pytest.approx(min(finals))
+    chosen = trials[finals.index(min(finals))]["config"]["optimizer"]
+    assert best["best_params"] == pytest.approx(
+        {"optimizer.lr": chosen["lr"], "optimizer.eps": chosen["eps"]}
+    )
+    lrs = [t["config"]["optimizer"]["lr"] for t in trials]
+    assert len(set(lrs)) == 4 and all(1e-7 <= lr <= 1e-3 for lr in lrs)  # sampled, on the preset's range
