@@ -531,3 +531,51 @@ def test_study_report_writes_series_curves_and_speedup(study: Path, tmp_path: Pa
     assert err.startswith("error: no run evaluated dev_eval_loss; evaluations log: accuracy, dev_accuracy")
     assert report.main([str(study), "--out", str(tmp_path / "x"), "--baseline", "adamw"]) == 1
     assert "no finished adamw run" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+# ---- the paper's table: optimizers × tasks ---------------------------------------------------------
+
+
+def test_paper_table_cells_are_mean_and_std_over_seeds_of_the_test_score_at_best_dev(study: Path) -> None:
+    from statistics import fmean, stdev
+
+    from zo.report.table import latex, markdown, paper_table
+
+    rows = runs_table(collect_runs(study))
+    table = paper_table(rows)
+    assert set(table.tasks) == {"sst2_review", "bbcnews"}
+    assert set(table.optimizers) == {"mezo", "conmezo", "mezo_momentum"}
+    for (opt, task), cell in table.cells.items():
+        picked = [100 * r["test_at_best_dev"] for r in rows if (r["optimizer"], r["task"]) == (opt, task)]
+        assert (
+            cell.n == 3
+            and cell.mean == pytest.approx(fmean(picked))
+            and cell.std == pytest.approx(stdev(picked))
+        )
+    avg = table.average("mezo")
+    assert avg == pytest.approx(fmean(table.cells["mezo", t].mean for t in table.tasks))
+    md = markdown(table).splitlines()
+    assert md[0].startswith("| accuracy | ") and md[0].endswith(" | avg |") and len(md) == 2 + 3 + 2
+    mezo = next(line for line in md if line.startswith("| mezo |"))
+    c = table.cells["mezo", table.tasks[0]]
+    assert f"{c.mean:.1f} ± {c.std:.1f}" in mezo and mezo.endswith(f"| {avg:.1f} |")
+    tex = latex(table)
+    assert (
+        tex.startswith("\\begin{tabular}{lccc}") and "sst2\\_review" in tex and f"${c.mean:.1f}_{{\\pm" in tex
+    )
+
+
+def test_paper_table_marks_a_missing_cell_and_drops_that_row_s_average(
+    study: Path, tmp_path: Path, capsys
+) -> None:
+    import shutil
+
+    for folder in study.glob("optimizer=conmezo,task=bbcnews,*"):
+        shutil.rmtree(folder)
+    out = tmp_path / "out"
+    assert report.main([str(study), "--table", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    conmezo = next(line for line in printed.splitlines() if line.startswith("| conmezo |"))
+    assert "—" in conmezo and conmezo.endswith("| — |")
+    assert sorted(p.name for p in out.iterdir()) == ["table.md", "table.tex"]
+    assert (out / "table.md").read_text() in printed

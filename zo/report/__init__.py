@@ -14,6 +14,9 @@ Reads every run folder under the sweep (or a W&B project with --from-wandb) and 
                      its seeds; `--baseline`, default mezo), for the mean curve and per seed, and the
                      speedup baseline steps / method steps with a 95% bootstrap interval over seeds
                      (`zo.report.speedup` says exactly how); printed as a table too
+    table.md, .tex   with `--table` (and nothing else): the paper's Tables 1/2 layout, optimizers ×
+                     tasks, mean ± std over seeds of each run's test score at its best dev step
+                     (else its final score), as Markdown and LaTeX (`zo.report.table`)
 
 Every figure has a panel per setting other than optimizer, θ and β (a panel per task in a
 task × optimizer study, like the convergence sweep) and a line per optimizer setting.

@@ -22,6 +22,7 @@ from zo.report.numbers import (
 from zo.report.plots import plot_alignment, plot_curves, plot_heatmaps, pyplot
 from zo.report.runs import DEFAULT_STEPS, ReportError, Run, collect_runs, wandb_runs
 from zo.report.speedup import speedup_data
+from zo.report.table import markdown, paper_table, write_table
 
 RUN_COLUMNS = ("optimizer", "theta", "beta", "lr", "seed", "task", "status", "final", "best",
                "test_at_best_dev")  # fmt: skip
@@ -113,6 +114,16 @@ def report(
     return sorted(out.iterdir())
 
 
+def table_only(runs: list[Run], out: Path) -> list[Path]:
+    """`--table`: the paper's layout as table.md and table.tex, the Markdown printed."""
+    table = paper_table(runs_table(runs))
+    if table is None:
+        raise ReportError("no finished run with a score: nothing to put in the table")
+    paths = write_table(table, out)
+    print(markdown(table))
+    return paths
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     import zo.report
 
@@ -131,6 +142,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--series", nargs="+", metavar="NAME", help=series)
     baseline = "optimizer whose final eval_loss is speedup.csv's target (default: mezo, where it ran)"
     add("--baseline", metavar="OPTIMIZER", help=baseline)
+    add(
+        "--table",
+        action="store_true",
+        help="only the paper's table: optimizers × tasks, mean ± std over seeds",
+    )
     add("--out", type=Path, help="output folder (default: <sweep_dir>/report)")
     add("--from-wandb", metavar="ENTITY/PROJECT", help="read the runs from W&B instead of run folders")
     add("--wandb-filters", type=json.loads, help='W&B run filters as JSON: \'{"config.task.name": "trec"}\'')
@@ -150,9 +166,12 @@ def main(argv: list[str] | None = None) -> int:
             runs = wandb_runs(args.from_wandb, args.wandb_filters, args.metric)
         else:
             runs = collect_runs(args.sweep_dir, args.metric)
-        written = report(
-            runs, args.out, args.step, args.target, args.heatmap_step, args.series, args.baseline
-        )
+        if args.table:
+            written = table_only(runs, args.out)
+        else:
+            written = report(
+                runs, args.out, args.step, args.target, args.heatmap_step, args.series, args.baseline
+            )
     except ReportError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
