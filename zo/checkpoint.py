@@ -43,7 +43,8 @@ NAME = "checkpoint.safetensors"
 LEGACY = "checkpoint.pt"  # the pickle format of earlier versions: refused, never unpickled
 FORMAT = "zo-checkpoint/1"
 # What force=true moves aside (the saved model too: a rerun must not leave an old model beside new metrics).
-RUN_FILES = ("metrics.jsonl", "summary.json", "config.yaml", NAME, LEGACY, "wandb", "model")
+RUN_FILES = ("metrics.jsonl", "summary.json", "config.yaml", NAME, LEGACY, "wandb", "model", "trajectory.bin",
+             "trajectory.json")  # fmt: skip
 # Keys that may differ between a run and its resume: where and how the run is watched, stored and
 # executed, never what it computes. (optimizer.fused runs the same math compiled or eagerly.)
 FREE = (

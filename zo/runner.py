@@ -40,6 +40,7 @@ from zo.optim import build
 from zo.optim.base import Probe, ZOOptimizer
 from zo.schedule import BetaSchedule
 from zo.tracking import RunRecord
+from zo.trajectory import TrajectoryLog
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -197,6 +198,13 @@ def check_precision(optimizer, record: RunRecord, cfg: DictConfig) -> None:
         )
 
 
+def trajectory_header(cfg: DictConfig, optimizer: ZOOptimizer) -> dict:
+    """What the trajectory log's losses apply to (zo.replay checks it against the run's config)."""
+    m = cfg.model
+    return {"optimizer": optimizer.name, "d": optimizer.d, "model": m.name, "dtype": m.dtype,
+            "trainable": m.trainable, "seed": cfg.train.seed, "steps": cfg.train.steps}  # fmt: skip
+
+
 def run(cfg: DictConfig, out_dir: Path) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     folder = checkpoint.inspect(out_dir, OmegaConf.to_container(cfg, resolve=True))  # or refuses
@@ -243,6 +251,11 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
 
         # ---- start or resume --------------------------------------------------------------------
         start = checkpoint.load(out_dir, model, optimizer)["step"] if folder.header else 0
+        trajectory = (  # the probes' losses of every step: the run in ~21 bytes a step (zo.replay)
+            TrajectoryLog(out_dir, trajectory_header(cfg, optimizer), start if folder.header else None)
+            if isinstance(optimizer, ZOOptimizer)
+            else None  # first-order updates need the gradients
+        )
         record.begin(metric, select, selected_on, device, optimizer.d, data.info)
         check_precision(optimizer, record, cfg)
         if start == 0:
@@ -254,6 +267,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
             batch = train_batch(data.train, cfg.train.batch_size, cfg.train.seed, step)
             beta = schedule(step) if optimizer.uses_beta else None
             losses = optimizer.step(step, lambda probe, b=batch: probe_loss(probe, b), cfg.optimizer.lr, beta)
+            if trajectory is not None:
+                trajectory.write(step, losses)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             row = {

@@ -169,11 +169,15 @@ def print_summary(summary: dict) -> None:
     table.add_row(f"{metric} before", fmt(summary.get("initial")))
     table.add_row(f"{metric} after", fmt(summary.get("final")))
     table.add_row("steps", f"{summary['step']} / {summary['steps']}")
+    params = summary.get("params")
+    table.add_row("trainable params", "—" if params is None else f"{params:,}")
     s = summary.get("s_per_step")
     table.add_row("s/step (median)", "—" if s is None else f"{s:.4f}")
     peak = summary.get("peak_mem_mib")
     table.add_row("peak memory", "—" if peak is None else f"{peak:.0f} MiB ({summary['device']})")
     table.add_row("output", summary["output_dir"])
+    if summary.get("model_dir"):
+        table.add_row("model", summary["model_dir"])
     Console().print(table)
 
 

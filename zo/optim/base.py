@@ -317,6 +317,14 @@ class ZOOptimizer:
         self.update(lr, beta)
         return losses
 
+    def replay(self, t: int, losses: Sequence[float], lr: float, beta: float | None) -> None:
+        """Step t again from its probes' recorded losses, with no forward (zo.replay): the estimate and
+        the update are functions of the losses, the step seed and the state, so this lands on the
+        same weights as the live step."""
+        self.begin_step(t)
+        self.estimate(losses)
+        self.update(lr, beta)
+
     def probes(self) -> Sequence[Probe]:
         """The forwards of this step (after `begin_step`): two-point by default."""
         return TWO_POINT

@@ -1,0 +1,67 @@
+"""The trajectory log is the run: replaying its losses on the base model gives the live weights."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import QUAD, TINY, run_inprocess
+from zo import ZOError
+from zo.optim import get, names
+from zo.optim.base import ZOOptimizer
+from zo.replay import main, rebuild
+from zo.trajectory import BIN, read
+
+ZO = [n for n in names() if issubclass(get(n), ZOOptimizer)]
+
+
+@pytest.mark.parametrize("name", ZO)
+def test_replay_rebuilds_the_live_weights_bitwise(name: str, tmp_path: Path, needs_shared) -> None:
+    args = [*TINY, f"optimizer={name}", "train.steps=4", "optimizer.fused=false", "task.num_train=16"]
+    run_inprocess(args, tmp_path / "run")
+    from transformers import AutoModelForCausalLM
+
+    live = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "model")
+    replayed, _, last = rebuild(tmp_path / "run")
+    assert last == 4
+    ours = dict(replayed.named_parameters())
+    for n, p in live.named_parameters():
+        assert torch.equal(ours[n], p), n
+
+
+def test_two_probe_log_is_21_bytes_a_step_and_shows_as_jsonl(tmp_path: Path, capsys) -> None:
+    summary = run_inprocess([*QUAD, "optimizer=conmezo", "train.steps=50"], tmp_path)
+    assert (tmp_path / BIN).stat().st_size == 50 * 21  # ≤ 32: a 20k-step run in 420 KB
+    header, records = read(tmp_path)
+    assert (header["optimizer"], header["d"], header["steps"]) == ("conmezo", 1000, 50)
+    assert [s for s, _ in records] == list(range(1, 51)) and all(len(v) == 2 for _, v in records)
+    metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    logged = {r["step"]: r["loss"] for r in metrics if r["step"] and not r.get("evaluated")}
+    assert all(sum(v) / 2 == pytest.approx(logged[s]) for s, v in records if s in logged)
+    capsys.readouterr()  # the run's own output
+    assert main([str(tmp_path), "--show"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert json.loads(lines[1]) == {"step": 1, "losses": records[0][1]} and len(lines) == 51
+    assert summary["status"] == "finished"
+
+
+def test_resumed_run_cuts_its_log_back_to_the_checkpoint(tmp_path: Path) -> None:
+    from zo.trajectory import TrajectoryLog
+
+    log = TrajectoryLog(tmp_path, {"optimizer": "mezo", "d": 3}, resume_step=None)
+    for step in range(1, 8):
+        log.write(step, [float(step), -float(step)])
+    with open(tmp_path / BIN, "ab") as fh:
+        fh.write(b"\x08\x00\x00")  # a record torn by a kill
+    TrajectoryLog(tmp_path, {"optimizer": "mezo", "d": 3}, resume_step=5)
+    assert [s for s, _ in read(tmp_path)[1]] == [1, 2, 3, 4, 5]
+
+
+def test_first_order_runs_write_no_log_and_replay_says_so(tmp_path: Path) -> None:
+    run_inprocess([*QUAD, "optimizer=sgd", "train.steps=3"], tmp_path)
+    assert not (tmp_path / BIN).exists()
+    with pytest.raises(ZOError, match="has no trajectory log"):
+        rebuild(tmp_path)
