@@ -25,11 +25,18 @@ def test_quadratic_goes_down_in_300_steps(tmp_path: Path, name: str) -> None:
     assert summary["final"]["loss"] < 0.9 * summary["initial"]["loss"], name
 
 
-@pytest.mark.parametrize("name", names())
+RUNS = [(name, "full") for name in names()] + [
+    (name, "log") for name in ("mezo", "conmezo", "loren", "mezo_svrg")
+]
+
+
+@pytest.mark.parametrize(("name", "mode"), RUNS)
 def test_resume_after_sigint_equals_uninterrupted(
-    tmp_path: Path, needs_shared: Path, monkeypatch: pytest.MonkeyPatch, name: str
+    tmp_path: Path, needs_shared: Path, monkeypatch: pytest.MonkeyPatch, name: str, mode: str
 ) -> None:
-    args = [*TINY, f"optimizer={name}", "train.steps=6", "train.eval_every=3", "optimizer.fused=false"]
+    """ckpt.mode=log: the checkpoint holds no tensors and the resume replays the trajectory log."""
+    args = [*TINY, f"optimizer={name}", "train.steps=6", "train.eval_every=3", "optimizer.fused=false",
+            f"ckpt.mode={mode}"]  # fmt: skip
     run_inprocess(args, tmp_path / "whole")
     batch = zo.runner.train_batch
 
@@ -42,6 +49,10 @@ def test_resume_after_sigint_equals_uninterrupted(
     stopped = run_inprocess(args, tmp_path / "split")
     assert stopped["status"] == "interrupted" and stopped["step"] == 3
     monkeypatch.setattr(zo.runner, "train_batch", batch)
+    if mode == "log":
+        from zo.checkpoint import NAME
+
+        assert (tmp_path / "split" / NAME).stat().st_size < 20_000  # a header, no weights
     resumed = run_inprocess(args, tmp_path / "split")
     assert resumed["status"] == "finished"
     assert read_metrics(tmp_path / "split" / "metrics.jsonl") == read_metrics(

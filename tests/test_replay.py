@@ -65,3 +65,8 @@ def test_first_order_runs_write_no_log_and_replay_says_so(tmp_path: Path) -> Non
     assert not (tmp_path / BIN).exists()
     with pytest.raises(ZOError, match="has no trajectory log"):
         rebuild(tmp_path)
+
+
+def test_log_mode_checkpoints_need_a_zo_optimizer(tmp_path: Path) -> None:
+    with pytest.raises(ZOError, match="ckpt.mode=log needs a ZO optimizer .*use ckpt.mode=full"):
+        run_inprocess([*QUAD, "optimizer=adamw", "train.steps=2", "ckpt.mode=log"], tmp_path)

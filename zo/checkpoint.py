@@ -146,18 +146,25 @@ def _first_line(err: BaseException) -> str:
 
 # ---- save and load ------------------------------------------------------------------------------
 def save(out_dir: Path, model: nn.Module, optimizer, step: int, metrics_bytes: int, config: dict,
-         runner: dict) -> Path:  # fmt: skip
-    """Write the checkpoint of `step`: temporary file, fsync, rename, fsync of the folder."""
+         runner: dict, mode: str = "full") -> Path:  # fmt: skip
+    """Write the checkpoint of `step`: temporary file, fsync, rename, fsync of the folder.
+
+    mode "log" (ckpt.mode=log) writes no tensors, only the header: the weights and the optimizer's
+    state at `step` follow from the base model and trajectory.bin, which a resume replays."""
     target = out_dir / NAME
     tmp = out_dir / f".{NAME}.tmp"
     tensors = {f"params/{n}": p for n, p in model.named_parameters() if p.requires_grad}
+    state = flatten(optimizer.state_dict(), "optimizer", tensors)
+    if mode == "log":
+        tensors, state = {}, None
     header = {
         "format": FORMAT,
+        "mode": mode,
         "step": step,
         "metrics_bytes": metrics_bytes,
         "runner": runner,
         "config": config,
-        "optimizer": flatten(optimizer.state_dict(), "optimizer", tensors),
+        "optimizer": state,
     }
     try:
         write(tmp, tensors, header)
@@ -184,11 +191,14 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def load(out_dir: Path, model: nn.Module, optimizer) -> dict:
-    """Restore the parameters and the optimizer's state; return the checkpoint's header."""
+    """Restore the parameters and the optimizer's state; return the checkpoint's header. A log-mode
+    checkpoint restores nothing here: the caller replays the trajectory up to its step."""
     from safetensors import safe_open
 
     path = out_dir / NAME
     header = read_header(path)
+    if header.get("mode") == "log":
+        return header
     params = {f"params/{n}": p for n, p in model.named_parameters() if p.requires_grad}
     try:
         with safe_open(str(path), framework="pt") as f:

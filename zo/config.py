@@ -167,6 +167,7 @@ class CkptConfig:
     """ckpt.*"""
 
     every: int
+    mode: Literal["full", "log"]
 
     def checks(self) -> Checks:
         return {"every": (self.every >= 0, ">= 0 (0 = only when stopped)")}

@@ -45,17 +45,25 @@ def rebuild(run_dir: Path, upto: int | None = None) -> tuple[nn.Module, object |
         )
     schedule = BetaSchedule(beta_final=cfg.optimizer.beta, total_steps=cfg.train.steps,
                             **vars(schedule_config(cfg)))  # fmt: skip
+    last = apply(optimizer, records, cfg.optimizer.lr, schedule, upto, str(run_dir))
+    optimizer.close()
+    return model, tokenizer, last
+
+
+def apply(optimizer, records: list, lr: float, schedule, upto: int | None, where: str) -> int:
+    """Replay the logged steps (those ≤ upto) on the optimizer's model; returns the last step applied.
+    Also how a run resumes from a log-mode checkpoint (ckpt.mode=log)."""
     last = 0
     for step, losses in records:
         if upto is not None and step > upto:
             break
         if step != last + 1:
-            raise ZOError(f"{run_dir}: the log jumps from step {last} to {step}; it is not one run's")
-        beta = schedule(step) if optimizer.uses_beta else None
-        optimizer.replay(step, losses, cfg.optimizer.lr, beta)
+            raise ZOError(f"{where}: the log jumps from step {last} to {step}; it is not one run's")
+        optimizer.replay(step, losses, lr, schedule(step) if optimizer.uses_beta else None)
         last = step
-    optimizer.close()
-    return model, tokenizer, last
+    if upto is not None and last != upto:
+        raise ZOError(f"{where}: the log ends at step {last}, the checkpoint is at {upto}")
+    return last
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,9 +38,11 @@ from zo.noise import mix
 from zo.objective import Objective, batches, build_objective
 from zo.optim import build
 from zo.optim.base import Probe, ZOOptimizer
+from zo.replay import apply
 from zo.schedule import BetaSchedule
 from zo.tracking import RunRecord
 from zo.trajectory import TrajectoryLog
+from zo.trajectory import read as read_trajectory
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -246,11 +248,17 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
                 return mean_loss(objective, model, examples, cfg.train.eval_batch_size, backward=probe.grad)
 
         def save(step: int) -> None:
-            state = record.state()
-            checkpoint.save(out_dir, model, optimizer, step, record.metrics_bytes, record.config, state)
+            state, mode = record.state(), cfg.ckpt.mode
+            checkpoint.save(out_dir, model, optimizer, step, record.metrics_bytes, record.config, state, mode)
 
         # ---- start or resume --------------------------------------------------------------------
-        start = checkpoint.load(out_dir, model, optimizer)["step"] if folder.header else 0
+        if cfg.ckpt.mode == "log" and not isinstance(optimizer, ZOOptimizer):
+            raise ZOError(f"ckpt.mode=log needs a ZO optimizer ({optimizer.name} updates from gradients): "
+                          "use ckpt.mode=full")  # fmt: skip
+        header = checkpoint.load(out_dir, model, optimizer) if folder.header else {"step": 0}
+        start = header["step"]
+        if header.get("mode") == "log":  # rebuild the weights and state from the base model and the log
+            apply(optimizer, read_trajectory(out_dir)[1], cfg.optimizer.lr, schedule, start, str(out_dir))
         trajectory = (  # the probes' losses of every step: the run in ~21 bytes a step (zo.replay)
             TrajectoryLog(out_dir, trajectory_header(cfg, optimizer), start if folder.header else None)
             if isinstance(optimizer, ZOOptimizer)
