@@ -13,6 +13,7 @@ and the sweep goes on; the sweep then exits with code 1, naming the failed jobs.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -146,7 +147,18 @@ def prepare_argv(args: list[str]) -> list[str]:
             "hydra.sweep.subdir='${optimizer.name}', or put the fixed overrides in a config of your own",
             2,
         )
-    return flags + rest + [f"hydra.searchpath=[{','.join([f'file://{ROOT}', *items])}]"]
+    return flags + rest + torchrun_dirs(rest) + [f"hydra.searchpath=[{','.join([f'file://{ROOT}', *items])}]"]
+
+
+def torchrun_dirs(args: list[str]) -> list[str]:
+    """Under torchrun every rank must use one run folder (rank 0 writes it): without a hydra.run.dir,
+    one named by the torchrun job's id; ranks > 0 keep Hydra's own files out of it."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return []
+    extra = [] if int(os.environ.get("RANK", "0")) == 0 else ["hydra.output_subdir=null"]
+    if not any(a.startswith("hydra.run.dir=") for a in args):
+        extra.append(f"hydra.run.dir=outputs/torchrun/{os.environ.get('TORCHELASTIC_RUN_ID', 'none')}")
+    return extra
 
 
 FAILED: list[str] = []  # jobs of this (local) sweep that failed, for the exit code at the end

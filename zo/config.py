@@ -58,6 +58,7 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"]
     stall_steps: int
     diverge_factor: float
+    shards: int
 
     def checks(self) -> Checks:
         return {
@@ -69,6 +70,7 @@ class TrainConfig:
             "eval_batch_size": (self.eval_batch_size >= 1, "eval_batch_size >= 1"),
             "seed": (self.seed >= 0, "seed >= 0"),
             "stall_steps": (self.stall_steps >= 0, "stall_steps >= 0 (0 = off)"),
+            "shards": (self.shards >= 1, "shards >= 1"),
             "diverge_factor": (
                 self.diverge_factor == 0 or self.diverge_factor > 1,
                 "0 (off) or a factor > 1",

@@ -21,8 +21,10 @@ the rounding. That is what makes a resumed run identical to an uninterrupted one
 from __future__ import annotations
 
 import math
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -33,6 +35,8 @@ from data import Request, TaskData, build_task, load_task_data
 from data.readers import decoding
 from zo import ZOError, checkpoint
 from zo.config import model_config, optim_config, schedule_config, values
+from zo.distributed import check as check_shards
+from zo.distributed import ranks_from_env, sharded_mean, sharded_scores
 from zo.models import load_model, save_model
 from zo.noise import mix
 from zo.objective import Objective, batches, build_objective
@@ -208,8 +212,17 @@ def trajectory_header(cfg: DictConfig, optimizer: ZOOptimizer) -> dict:
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict:
+    ranks = ranks_from_env(pick_device(cfg.train.device))
+    if not ranks.lead:  # under torchrun only rank 0 writes the run folder; the others write a scratch one
+        out_dir = Path(tempfile.mkdtemp(prefix=f"zo-rank{ranks.rank}-"))
+        cfg = OmegaConf.merge(cfg, {"log": {"wandb": "disabled"}, "save": {"model": False}})
     out_dir.mkdir(parents=True, exist_ok=True)
     folder = checkpoint.inspect(out_dir, OmegaConf.to_container(cfg, resolve=True))  # or refuses
+    if ranks.world > 1 and (folder.header or folder.finished):
+        raise ZOError(
+            f"{out_dir} holds a run: a data-parallel run starts in a fresh folder (resuming one is not "
+            "implemented yet; resume it on one rank with the same train.shards)"
+        )
     if folder.finished is not None:
         print(f"already finished: {out_dir} (force=true runs it again)")
         return folder.finished
@@ -235,17 +248,36 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         select = f"dev_{metric}" if dev_set else (metric if synthetic else None)
         selected_on = "dev" if dev_set else ("objective" if synthetic else None)
 
+        # Data parallel (zo.distributed): fixed shards of every batch and evaluation set, rank r taking
+        # shards r, r+N, ...; train.shards=1 under N ranks means N.
+        shards = cfg.train.shards if cfg.train.shards > 1 or ranks.world == 1 else ranks.world
+        check_shards(shards, ranks, backward=not isinstance(optimizer, ZOOptimizer))
+        sharded = shards > 1 and not synthetic
+        if sharded and min(cfg.train.batch_size, len(eval_set), len(dev_set) or shards) < shards:
+            raise ZOError(f"train.shards={shards}: train.batch_size and the evaluation sets need at least "
+                          "one example per shard")  # fmt: skip
+        bs = cfg.train.eval_batch_size
+
+        def scores_of(examples: list) -> dict[str, float]:
+            if not sharded:
+                return objective.evaluate(model, examples, bs)
+            return sharded_scores(
+                lambda part: objective.evaluate(model, list(part), bs), examples, shards, ranks
+            )
+
         def evaluate() -> dict[str, float]:
-            scores = objective.evaluate(model, eval_set, cfg.train.eval_batch_size)
+            scores = scores_of(eval_set)
             if dev_set:
-                dev = objective.evaluate(model, dev_set, cfg.train.eval_batch_size)
-                scores |= {f"dev_{k}": v for k, v in dev.items()}
+                scores |= {f"dev_{k}": v for k, v in scores_of(dev_set).items()}
             return scores
 
         def probe_loss(probe: Probe, batch: list) -> float:
             examples = data.train if probe.data == "full" else batch
+            if sharded:
+                return sharded_mean(lambda part: mean_loss(objective, model, list(part), bs, backward=False),
+                                    examples, shards, ranks)  # fmt: skip
             with torch.set_grad_enabled(probe.grad):
-                return mean_loss(objective, model, examples, cfg.train.eval_batch_size, backward=probe.grad)
+                return mean_loss(objective, model, examples, bs, backward=probe.grad)
 
         def save(step: int) -> None:
             state, mode = record.state(), cfg.ckpt.mode
@@ -305,4 +337,6 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
                 saved = save_model(model, tokenizer, out_dir / "model")
                 record.summary["model_dir"] = None if saved is None else str(saved)
             record.finished()
+    if not ranks.lead:
+        shutil.rmtree(out_dir, ignore_errors=True)
     return record.summary

@@ -1,0 +1,59 @@
+"""Data-parallel ZO (zo.distributed): 2 ranks under torchrun (gloo, CPU) equal 1 rank on the same shards."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, TINY
+from zo import ZOError
+from zo.distributed import Ranks, check, pieces, sharded_mean
+
+ARGS = [*TINY, "optimizer=conmezo", "train.steps=4", "train.eval_every=2", "optimizer.fused=false",
+        "train.shards=2"]  # fmt: skip
+
+
+def launch(prefix: list[str], out: Path) -> None:
+    # One thread per process in both runs: a matmul's reduction order depends on the thread count.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+    cmd = [*prefix, str(ROOT / "launch.py"), *ARGS, f"hydra.run.dir={out}"]
+    proc = subprocess.run(cmd, cwd=out.parent, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def rows(out: Path) -> list[dict]:
+    table = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k != "step_time_s"} for r in table]
+
+
+def test_two_ranks_equal_one_rank_on_the_same_shards_bitwise(tmp_path: Path, needs_shared) -> None:
+    one, two = tmp_path / "one", tmp_path / "two"
+    launch([sys.executable], one)
+    launch([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"], two)
+    assert rows(two) == rows(one) and len(rows(one)) == 5
+    for name in ("trajectory.bin", "model/model.safetensors"):
+        assert (two / name).read_bytes() == (one / name).read_bytes(), name
+    summary = json.loads((two / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["config"]["train"]["shards"] == 2
+    ours = {p.name for p in two.iterdir()} - {".hydra"}
+    assert ours == {p.name for p in one.iterdir()} - {".hydra"}  # rank 1 wrote nothing here
+
+
+def test_shards_are_fixed_and_their_mean_is_the_weighted_mean() -> None:
+    items = list(range(7))
+    assert [list(p) for p in pieces(items, 3)] == [[0, 1, 2], [3, 4], [5, 6]]
+    mean = sharded_mean(lambda part: sum(part) / len(part), items, 3, Ranks())
+    assert mean == pytest.approx(3.0)
+
+
+def test_shards_must_split_over_the_ranks_and_first_order_stays_on_one() -> None:
+    with pytest.raises(ZOError, match="train.shards=3 does not split over 2 ranks"):
+        check(3, Ranks(0, 2), backward=False)
+    with pytest.raises(ZOError, match="first-order optimizers are not data-parallel"):
+        check(2, Ranks(1, 2), backward=True)
+    check(4, Ranks(1, 2), backward=False)
