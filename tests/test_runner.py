@@ -221,11 +221,12 @@ def test_progress_bar_shows_each_number_once(metric: str, shown: list[str]) -> N
 
 
 def test_readme_quadratic_command_visibly_converges(tmp_path: Path) -> None:
-    """The README's quadratic line, as typed (steps cut to 2000): f falls at every evaluation."""
+    """The README's quadratic line, as typed but 5× shorter: f falls at every evaluation."""
     line = next(ln for ln in (ROOT / "README.md").read_text().splitlines() if "model=quadratic task=" in ln)
-    args = [a.replace("train.steps=5000", "train.steps=2000") for a in line.split()[2:]]
+    shorter = {"train.steps=5000": "train.steps=1000", "train.eval_every=500": "train.eval_every=250"}
+    args = [shorter.get(a, a) for a in line.split()[2:]]
     proc = cli([*args, "log.wandb=disabled", f"hydra.run.dir={tmp_path}"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     curve = [r["loss"] for r in read_metrics(tmp_path / "metrics.jsonl") if r.get("evaluated")]
-    assert len(curve) == 5 and curve[-1] < curve[0] / 3
+    assert len(curve) == 5 and curve[-1] < curve[0] / 2
     assert all(later < earlier for earlier, later in zip(curve, curve[1:], strict=False))
