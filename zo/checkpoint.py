@@ -153,10 +153,11 @@ def save(out_dir: Path, model: nn.Module, optimizer, step: int, metrics_bytes: i
     state at `step` follow from the base model and trajectory.bin, which a resume replays."""
     target = out_dir / NAME
     tmp = out_dir / f".{NAME}.tmp"
-    tensors = {f"params/{n}": p for n, p in model.named_parameters() if p.requires_grad}
-    state = flatten(optimizer.state_dict(), "optimizer", tensors)
-    if mode == "log":
-        tensors, state = {}, None
+    tensors: dict = {}
+    state = None
+    if mode == "full":
+        tensors = {f"params/{n}": p for n, p in model.named_parameters() if p.requires_grad}
+        state = flatten(optimizer.state_dict(), "optimizer", tensors)
     header = {
         "format": FORMAT,
         "mode": mode,

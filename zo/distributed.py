@@ -96,11 +96,12 @@ def sharded_scores(fn: Callable[[Sequence], dict], items: Sequence, shards: int,
     parts = pieces(items, shards)
     local = {i: fn(p) for i, p in enumerate(parts) if ranks.mine(i) and len(p)}
     keys = sorted(next(iter(local.values())))  # every rank holds at least one non-empty shard
-    out = {}
-    for key in keys:
-        values = [_share(lambda _, i=i, k=key: local[i][k], p, i in local) for i, p in enumerate(parts)]
-        out[key] = sum(ranks.combine(values)) / len(items)
-    return out
+    values = [
+        _share(lambda _, i=i, k=k: local[i][k], p, i in local) for k in keys for i, p in enumerate(parts)
+    ]
+    every = ranks.combine(values)  # one all-reduce for all the keys
+    n = len(parts)
+    return {k: sum(every[j * n : (j + 1) * n]) / len(items) for j, k in enumerate(keys)}
 
 
 def check(shards: int, ranks: Ranks, backward: bool) -> None:
