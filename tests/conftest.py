@@ -12,7 +12,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "datasets"
-# Small, fast settings for runs on a tiny random model over real SST-2 files.
+# Small, fast settings for runs on a tiny random model over real SST-2 files. Eager kernels
+# (optimizer.fused=false): compiling them costs ~25 s per fresh process, and tests/test_kernels.py
+# checks the compiled passes against the eager ones.
 TINY = [
     "model=tiny-llama",
     "task=sst2",
@@ -25,8 +27,16 @@ TINY = [
     "train.eval_samples=32",
     "optimizer.lr=1e-3",
     "log.wandb=disabled",
+    "optimizer.fused=false",
 ]
-QUAD = ["model=quadratic", "task=quadratic", "log.wandb=disabled", "optimizer.lr=1e-3", "optimizer.eps=1e-2"]
+QUAD = [
+    "model=quadratic",
+    "task=quadratic",
+    "log.wandb=disabled",
+    "optimizer.lr=1e-3",
+    "optimizer.eps=1e-2",
+    "optimizer.fused=false",
+]
 
 
 def compose(overrides: list[str]):

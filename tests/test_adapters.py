@@ -20,7 +20,7 @@ def setup(mode: str, optimizer: str = "mezo"):
     from zo.objective import build_objective
     from zo.runner import load_data
 
-    cfg = compose([*TINY, f"optimizer={optimizer}", "optimizer.fused=false", f"model.trainable={mode}"])
+    cfg = compose([*TINY, f"optimizer={optimizer}", f"model.trainable={mode}"])
     task = build_task(cfg.task.name)
     model, tokenizer = load_model(model_config(cfg), task.num_labels, seed=0)
     objective = build_objective(task, "causal", tokenizer, cfg.task.max_length, "classification")
@@ -69,9 +69,7 @@ def test_prefix_scores_equal_peft_s_own_forward(needs_shared: Path) -> None:
 def test_a_lora_run_reports_its_trainable_count_and_saves_the_adapter(
     tmp_path: Path, needs_shared: Path
 ) -> None:
-    summary = run_inprocess(
-        [*TINY, "model.trainable=lora", "train.steps=2", "optimizer.fused=false"], tmp_path
-    )
+    summary = run_inprocess([*TINY, "model.trainable=lora", "train.steps=2"], tmp_path)
     _, model, _, _ = setup("lora")
     assert summary["params"] == sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert (tmp_path / "model" / "adapter_config.json").exists()

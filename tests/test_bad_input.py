@@ -170,7 +170,7 @@ def test_a_preset_sweep_whose_folder_names_would_be_too_long_is_one_line(capsys)
     import launch
 
     args = ["+sweeps=convergence", "-m", "optimizer=mezo,conmezo", *TINY, "train.dev_samples=8"]
-    args += ["train.steps=2", "log.align_every=0", "ckpt.every=0", "optimizer.fused=false"]
+    args += ["train.steps=2", "log.align_every=0", "ckpt.every=0"]
     with pytest.raises(SystemExit) as exit_:
         launch.prepare_argv(args)
     err = capsys.readouterr().err

@@ -145,7 +145,7 @@ def test_a_never_seen_csv_finetunes_with_mezo_and_conmezo_by_config_alone(tmp_pa
     ]
     sweep = tmp_path / "sweep"
     args = [*tiny, f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "task=reviews", "train.steps=3",
-            "optimizer.fused=false", f"hydra.sweep.dir={sweep}", "-m", "optimizer=mezo,conmezo"]  # fmt: skip
+            f"hydra.sweep.dir={sweep}", "-m", "optimizer=mezo,conmezo"]  # fmt: skip
     proc = cli(args, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summaries = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/summary.json"))]

@@ -14,7 +14,7 @@ from tests.conftest import ROOT, TINY
 from zo import ZOError
 from zo.distributed import Ranks, check, pieces, sharded_mean
 
-ARGS = [*TINY, "optimizer=conmezo", "train.steps=4", "train.eval_every=2", "optimizer.fused=false",
+ARGS = [*TINY, "optimizer=conmezo", "train.steps=4", "train.eval_every=2",
         "train.shards=2"]  # fmt: skip
 
 

@@ -35,7 +35,7 @@ def test_resume_after_sigint_equals_uninterrupted(
     tmp_path: Path, needs_shared: Path, monkeypatch: pytest.MonkeyPatch, name: str, mode: str
 ) -> None:
     """ckpt.mode=log: the checkpoint holds no tensors and the resume replays the trajectory log."""
-    args = [*TINY, f"optimizer={name}", "train.steps=6", "train.eval_every=3", "optimizer.fused=false",
+    args = [*TINY, f"optimizer={name}", "train.steps=6", "train.eval_every=3",
             f"ckpt.mode={mode}"]  # fmt: skip
     run_inprocess(args, tmp_path / "whole")
     batch = zo.runner.train_batch

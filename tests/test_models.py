@@ -139,6 +139,7 @@ def test_classification_head_run_on_minilm(tmp_path: Path, needs_shared: Path) -
     args = [
         "model=minilm",
         "task=sst2",
+        "optimizer.fused=false",
         "task.sampling=fixed",
         "task.num_train=32",
         "task.num_test=24",

@@ -20,7 +20,7 @@ ZO = [n for n in names() if issubclass(get(n), ZOOptimizer)]
 
 @pytest.mark.parametrize("name", ZO)
 def test_replay_rebuilds_the_live_weights_bitwise(name: str, tmp_path: Path, needs_shared) -> None:
-    args = [*TINY, f"optimizer={name}", "train.steps=4", "optimizer.fused=false", "task.num_train=16"]
+    args = [*TINY, f"optimizer={name}", "train.steps=4", "task.num_train=16"]
     run_inprocess(args, tmp_path / "run")
     from transformers import AutoModelForCausalLM
 

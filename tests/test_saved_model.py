@@ -13,7 +13,7 @@ import torch
 from tests.conftest import QUAD, ROOT, TINY, compose, run_inprocess
 from zo import ZOError
 
-TRAIN = [*TINY, "optimizer=mezo", "train.steps=3", "optimizer.fused=false"]
+TRAIN = [*TINY, "optimizer=mezo", "train.steps=3"]
 
 
 def test_saved_model_loads_with_transformers_and_evaluates_to_the_runs_final_score(

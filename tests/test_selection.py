@@ -9,7 +9,7 @@ from tests.conftest import TINY, read_metrics, run_inprocess
 
 
 def test_best_step_is_chosen_on_dev_and_reports_its_test_score(tmp_path: Path, needs_shared: Path) -> None:
-    args = [*TINY, "optimizer=mezo", "train.steps=8", "train.eval_every=2", "optimizer.fused=false"]
+    args = [*TINY, "optimizer=mezo", "train.steps=8", "train.eval_every=2"]
     summary = run_inprocess(args, tmp_path)
     evals = [r for r in read_metrics(tmp_path / "metrics.jsonl") if r.get("evaluated")]
     assert [r["step"] for r in evals] == [0, 2, 4, 6, 8]
@@ -24,8 +24,6 @@ def test_best_step_is_chosen_on_dev_and_reports_its_test_score(tmp_path: Path, n
 
 
 def test_without_a_dev_split_nothing_is_selected(tmp_path: Path, needs_shared: Path) -> None:
-    summary = run_inprocess(
-        [*TINY, "train.steps=2", "train.dev_samples=0", "optimizer.fused=false"], tmp_path
-    )
+    summary = run_inprocess([*TINY, "train.steps=2", "train.dev_samples=0"], tmp_path)
     assert summary["selected_on"] is None and summary["best"] is None and summary["test_at_best_dev"] is None
     assert "dev_accuracy" not in read_metrics(tmp_path / "metrics.jsonl")[0]

@@ -51,6 +51,7 @@ def test_theta_sweep_runs_as_a_slurm_array(cluster: SlurmCluster, tmp_path: Path
         "model=quadratic",
         "train.steps=20",
         "log.wandb=disabled",
+        "optimizer.fused=false",  # each job is a fresh process: compiling would dominate it
         "-m",
         "optimizer.theta=" + ",".join(map(str, THETAS)),
         f"hydra/launcher={launcher}",
