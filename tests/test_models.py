@@ -122,7 +122,14 @@ def test_zero_shot_smollm2_beats_chance_on_sst2(smollm2, needs_shared: Path) -> 
 def test_default_model_runs_a_few_real_steps(tmp_path: Path) -> None:
     out = tmp_path / "smol"
     res = cli(
-        ["train.steps=2", "train.eval_samples=20", "log.wandb=disabled", f"hydra.run.dir={out}"], tmp_path
+        [
+            "train.steps=2",
+            "train.eval_samples=20",
+            "train.dev_samples=20",
+            "log.wandb=disabled",
+            f"hydra.run.dir={out}",
+        ],
+        tmp_path,  # fmt: skip
     )
     assert res.returncode == 0, res.stderr
     summary = json.loads((out / "summary.json").read_text())

@@ -1,4 +1,7 @@
-"""The optimizers against the math: moments, cone geometry, schedule, exact restore, rounding."""
+"""The optimizers against the math: moments, cone geometry, schedule, exact restore, rounding.
+
+Eager kernels throughout (fused=False): tests/test_kernels.py checks the compiled ones against them.
+"""
 
 from __future__ import annotations
 
@@ -101,7 +104,7 @@ def test_cone_estimator_mean_and_second_moments(unit_u: bool) -> None:
 def test_cone_geometry_in_high_dimension(unit_u: bool) -> None:
     d, theta = 200_000, 1.35
     model = Linear(torch.zeros(d))
-    opt = build(model, OptimConfig(name="conmezo", theta=theta, unit_u=unit_u), seed=0)
+    opt = build(model, OptimConfig(name="conmezo", theta=theta, unit_u=unit_u, fused=False), seed=0)
     m_hat = opt.momentum[0].float() / opt.m_norm
     for t in range(3):
         opt.begin_step(t)
@@ -112,8 +115,8 @@ def test_cone_geometry_in_high_dimension(unit_u: bool) -> None:
 
 def test_cone_at_right_angle_is_mezo() -> None:
     model = Linear(torch.zeros(50))
-    cone = build(model, OptimConfig(name="conmezo", theta=math.pi / 2, unit_u=False), seed=7)
-    mezo = build(model, OptimConfig(name="mezo"), seed=7)
+    cone = build(model, OptimConfig(name="conmezo", theta=math.pi / 2, unit_u=False, fused=False), seed=7)
+    mezo = build(model, OptimConfig(name="mezo", fused=False), seed=7)
     for t in (1, 2, 3):
         cone.begin_step(t)
         mezo.begin_step(t)
@@ -170,7 +173,7 @@ class TwoLayer(nn.Module):
 @pytest.mark.parametrize("name", ["mezo", "conmezo"])
 def test_perturbation_restores_parameters_bitwise(dtype: torch.dtype, name: str) -> None:
     model = TwoLayer(dtype)
-    opt = build(model, OptimConfig(name=name, eps=1e-2), seed=0)
+    opt = build(model, OptimConfig(name=name, eps=1e-2, fused=False), seed=0)
     for t in range(1, 31):
         before = [p.detach().clone() for p in model.parameters()]
         opt.begin_step(t)
@@ -188,7 +191,7 @@ def test_perturbation_restores_parameters_bitwise(dtype: torch.dtype, name: str)
 
 def test_a_forward_that_raises_still_restores() -> None:
     model = TwoLayer(torch.float32)
-    opt = build(model, OptimConfig(name="mezo"), seed=0)
+    opt = build(model, OptimConfig(name="mezo", fused=False), seed=0)
     before = model.emb.weight.detach().clone()
     opt.begin_step(1)
     with pytest.raises(RuntimeError), torch.no_grad(), opt.perturb(+1):
@@ -220,7 +223,7 @@ def test_tiny_updates_survive_low_precision_only_with_stochastic_rounding(dtype:
     for stochastic in (True, False):
         model = Linear(torch.ones(4096))
         model.x.data = torch.ones(4096, dtype=dtype)
-        opt = build(model, OptimConfig(name="mezo", stochastic_rounding=stochastic), seed=0)
+        opt = build(model, OptimConfig(name="mezo", stochastic_rounding=stochastic, fused=False), seed=0)
         for t in range(1, 21):  # steps of ~1e-5, far below half an ulp (≥ 4.9e-4) at 1.0
             zo_step(opt, model, t, lr=3e-7)
         moved = int((model.x.data.float() != 1.0).sum())
@@ -253,7 +256,7 @@ def test_each_optimizer_lowers_the_quadratic_and_is_deterministic(name: str) -> 
     finals = []
     for _ in range(2):
         model = Quadratic(d=200, seed=0)
-        opt = build(model, OptimConfig(name=name, eps=1e-2, theta=1.4), seed=5)
+        opt = build(model, OptimConfig(name=name, eps=1e-2, theta=1.4, fused=False), seed=5)
         start = model().item()
         for t in range(1, 401):
             zo_step(opt, model, t, lr=5e-3, beta=0.9)
@@ -266,7 +269,7 @@ def test_different_seeds_give_different_trajectories() -> None:
     xs = []
     for seed in (0, 1):
         model = Quadratic(d=50, seed=0)
-        opt = build(model, OptimConfig(name="conmezo", eps=1e-2), seed=seed)
+        opt = build(model, OptimConfig(name="conmezo", eps=1e-2, fused=False), seed=seed)
         for t in range(1, 20):
             zo_step(opt, model, t, lr=1e-2)
         xs.append(model.x.detach().clone())
@@ -286,7 +289,7 @@ def test_untouched_parameter_is_reported() -> None:
     from zo import ZOError
 
     model = Sneaky()
-    opt = build(model, OptimConfig(name="mezo"), seed=0)
+    opt = build(model, OptimConfig(name="mezo", fused=False), seed=0)
     opt.begin_step(1)
     with pytest.raises(ZOError, match="not perturbed"), torch.no_grad(), opt.perturb(+1):
         model()
@@ -294,7 +297,7 @@ def test_untouched_parameter_is_reported() -> None:
 
 def test_bf16_momentum_buffer_still_descends() -> None:
     model = Quadratic(d=200, seed=0)
-    opt = build(model, OptimConfig(name="conmezo", eps=1e-2, momentum_dtype="bf16"), seed=5)
+    opt = build(model, OptimConfig(name="conmezo", eps=1e-2, momentum_dtype="bf16", fused=False), seed=5)
     assert opt.momentum[0].dtype == torch.bfloat16 and model.x.dtype == torch.float32
     start = model().item()
     for t in range(1, 401):
@@ -307,7 +310,7 @@ def test_tied_embedding_and_head_are_never_perturbed_whole() -> None:
     of rows at a time: no perturbed copy of the matrix, and every other weight drawn once."""
     model = TwoLayer(torch.float32)  # emb.weight is also head.weight
     model.ids = torch.tensor([3, 3, 5])
-    opt = build(model, OptimConfig(name="mezo"), seed=0)
+    opt = build(model, OptimConfig(name="mezo", fused=False), seed=0)
     drawn: list[int] = []
     original = opt._perturbed
     opt._perturbed = lambda run: drawn.append(run.end - run.start) or original(run)

@@ -1,4 +1,5 @@
-"""A θ sweep submitted through hydra-submitit-launcher to a real (local, single-node) Slurm."""
+"""Jobs submitted through hydra-submitit-launcher to a real (local, single-node) Slurm: a θ sweep as an
+array, and a data-parallel job of 2 tasks."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import pytest
 
 from tests.conftest import ROOT
 from tests.slurm_cluster import SlurmCluster, SlurmUnavailable, local_slurm
+from tests.test_distributed import ARGS as DP_ARGS
+from tests.test_distributed import launch, rows
 
 pytestmark = pytest.mark.slurm
 THETAS = (1.2, 1.35, 1.5)
@@ -83,3 +86,36 @@ def _job_logs(sweep: Path) -> str:
     """submitit's per-task stdout/stderr: where a job's own traceback ends up."""
     logs = sorted((sweep / ".submitit").rglob("*_log.*")) if sweep.exists() else []
     return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-2000:]}" for p in logs)
+
+
+def test_two_slurm_tasks_run_data_parallel_and_equal_one_rank(
+    cluster: SlurmCluster, tmp_path: Path, needs_shared
+) -> None:
+    """One job of 2 tasks (`tasks_per_node=2`): submitit's SLURM_* become torch.distributed's, the
+    two ranks split each batch, and the run equals the 1-rank run on the same shards byte for byte."""
+    one, sweep = tmp_path / "one", tmp_path / "sweep"
+    launch([sys.executable], one)  # the reference: 1 rank, 2 shards, one thread
+    args = [
+        *DP_ARGS,
+        "-m",
+        "hydra/launcher=slurm_gpu",
+        "hydra.launcher.gpus_per_node=null",
+        "hydra.launcher.tasks_per_node=2",
+        "hydra.launcher.cpus_per_task=1",
+        "hydra.launcher.mem_gb=1",
+        "hydra.launcher.timeout_min=5",
+        f"hydra.launcher.partition={cluster.partition}",
+        f"hydra.sweep.dir={sweep}",
+    ]
+    env = {**cluster.env, "OMP_NUM_THREADS": "1"}  # as the reference: reduction order follows threads
+    cmd = [sys.executable, str(ROOT / "launch.py"), *args]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"{proc.stderr[-3000:]}\n{_job_logs(sweep)}\n{cluster.logs()}"
+    (two,) = [p.parent for p in sweep.rglob("summary.json")]
+    summary = json.loads((two / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["ranks"] == 2, summary
+    assert rows(two) == rows(one) and len(rows(one)) == 5
+    for name in ("trajectory.bin", "model/model.safetensors"):
+        assert (two / name).read_bytes() == (one / name).read_bytes(), name
+    logs = _job_logs(sweep)
+    assert "_0_log.out" in logs and "_1_log.out" in logs  # both tasks ran, as tasks of one job

@@ -46,7 +46,8 @@ FORMAT = "zo-checkpoint/1"
 RUN_FILES = ("metrics.jsonl", "summary.json", "config.yaml", NAME, LEGACY, "wandb", "model", "trajectory.bin",
              "trajectory.json")  # fmt: skip
 # Keys that may differ between a run and its resume: where and how the run is watched, stored and
-# executed, never what it computes. (optimizer.fused runs the same math compiled or eagerly.)
+# executed, never what it computes. (optimizer.fused runs the same math compiled or eagerly; a device
+# map places the same math, whose noise does not depend on where it runs.)
 FREE = (
     "log.",
     "ckpt.",
@@ -57,6 +58,8 @@ FREE = (
     "train.eval_every",
     "train.eval_batch_size",
     "train.device",
+    "model.device_map",
+    "model.max_memory",
     "data.root",
     "optimizer.fused",
 )

@@ -308,9 +308,9 @@ def _admits(want: object, value: object) -> tuple[bool, str]:
         options = typing.get_args(want)
         return value in options, "one of " + ", ".join(map(str, options))
     if origin in (typing.Union, types.UnionType):
-        arms = [a for a in typing.get_args(want) if a is not type(None)]
-        ok, words = _admits(arms[0], value)
-        return value is None or ok, f"{words} or null"
+        arms = [_admits(a, value) for a in typing.get_args(want) if a is not type(None)]
+        words = " or ".join(w for _, w in arms if w)
+        return value is None or any(ok for ok, _ in arms), f"{words} or null"
     if want not in _SCALARS:
         return True, ""
     ok = isinstance(value, (int, float) if want is float else want)  # type: ignore[arg-type]

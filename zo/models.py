@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from torch import nn
 
 from zo import ZOError
 from zo.optim.base import DTYPES
+from zo.placement import place
 from zo.quadratic import Quadratic
 
 KINDS = ("mlm", "causal", "cls", "quadratic")
@@ -36,6 +38,8 @@ class ModelConfig:
     trainable: str = "all"  # all | lora | prefix
     lora: dict = field(default_factory=lambda: {"r": 8, "alpha": 16, "target_modules": None})
     prefix: dict = field(default_factory=lambda: {"tokens": 5})
+    device_map: str | dict | None = None  # None: train.device | auto | {module name: GPU index or "cpu"}
+    max_memory: dict | None = None  # device_map=auto: {GPU index or "cpu": "20GiB"}
     tokenizer: str = ""  # tiny models: "minilm" or "smollm2" (offline tokenizers)
     arch: dict = field(default_factory=dict)  # tiny models: transformers config kwargs (model_type, sizes)
     d: int = 1000  # quadratic: dimension
@@ -137,10 +141,17 @@ def load_tokenizer(cfg: ModelConfig):
     return tokenizer
 
 
-def load_model(cfg: ModelConfig, num_labels: int, seed: int) -> tuple[nn.Module, object | None]:
-    """Build the model (on CPU, in cfg.dtype) and its tokenizer (None for the quadratic)."""
+def load_model(
+    cfg: ModelConfig, num_labels: int, seed: int, device: torch.device | None = None
+) -> tuple[nn.Module, object | None]:
+    """Build the model in cfg.dtype and its tokenizer (None for the quadratic), placed on `device`
+    or by cfg.device_map (zo.placement); on the CPU when `device` is None (replay ignores the map:
+    the noise does not depend on placement). Adapters are added after placing, so peft puts each
+    one on the device of the layer it adapts."""
     if cfg.kind == "quadratic":
-        return Quadratic(cfg.d, cfg.init_norm, seed), None
+        if cfg.device_map is not None:
+            raise ZOError("model.device_map: the quadratic is one vector; use train.device instead")
+        return Quadratic(cfg.d, cfg.init_norm, seed).to(device or "cpu"), None
     extra = {"num_labels": num_labels} if cfg.kind == "cls" else {}
     torch.manual_seed(seed)  # fresh heads (cls) and tiny models initialise reproducibly
     try:
@@ -176,6 +187,13 @@ def load_model(cfg: ModelConfig, num_labels: int, seed: int) -> tuple[nn.Module,
         model.config.pad_token_id = tokenizer.pad_token_id
     for p in model.parameters():
         p.requires_grad_(True)
+    if device is not None:
+        if cfg.device_map is not None and cfg.trainable == "prefix":
+            raise ZOError(
+                "model.trainable=prefix with model.device_map is not supported (the virtual tokens' keys "
+                "and values would have to follow each layer's device); use lora or all"
+            )
+        place(model, device, cfg.device_map, cfg.max_memory)
     return (model if cfg.trainable == "all" else with_adapters(model, cfg)), tokenizer
 
 
@@ -221,7 +239,9 @@ def save_model(model: nn.Module, tokenizer: object | None, folder: Path) -> Path
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
     try:
         shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp, safe_serialization=True)
+        with warnings.catch_warnings():  # said of any "cpu" entry of a device map; nothing is offloaded
+            warnings.filterwarnings("ignore", message="Attempting to save a model with offloaded modules")
+            model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         shutil.rmtree(folder, ignore_errors=True)

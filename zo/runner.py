@@ -42,6 +42,7 @@ from zo.noise import mix
 from zo.objective import Objective, batches, build_objective
 from zo.optim import build
 from zo.optim.base import Probe, ZOOptimizer
+from zo.placement import devices_of, pick_device
 from zo.replay import apply
 from zo.schedule import BetaSchedule
 from zo.tracking import RunRecord
@@ -49,14 +50,6 @@ from zo.trajectory import TrajectoryLog
 from zo.trajectory import read as read_trajectory
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ZOError("train.device=cuda but no CUDA device is visible; use train.device=cpu or auto")
-    return torch.device(name)
 
 
 def data_root(value: str | None) -> Path | None:
@@ -212,7 +205,8 @@ def trajectory_header(cfg: DictConfig, optimizer: ZOOptimizer) -> dict:
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict:
-    ranks = ranks_from_env(pick_device(cfg.train.device))
+    device = pick_device(cfg.train.device)
+    ranks = ranks_from_env(device)
     if not ranks.lead:  # under torchrun only rank 0 writes the run folder; the others write a scratch one
         out_dir = Path(tempfile.mkdtemp(prefix=f"zo-rank{ranks.rank}-"))
         cfg = OmegaConf.merge(cfg, {"log": {"wandb": "disabled"}, "save": {"model": False}})
@@ -228,11 +222,14 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         return folder.finished
     with StopFlag() as stop, RunRecord(out_dir, cfg, folder) as record:
         # ---- build everything -------------------------------------------------------------------
-        device = pick_device(cfg.train.device)
         task = build_task(cfg.task.name, values(cfg, "task"))
         data = load_data(cfg, task)
-        model, tokenizer = load_model(model_config(cfg), task.num_labels, cfg.train.seed)
-        model.to(device).eval()  # dropout off: f(x+λz) and f(x−λz) must see the same network
+        if ranks.world > 1 and cfg.model.device_map is not None:
+            raise ZOError("model.device_map under torchrun is not supported: each rank holds the whole model "
+                          "on its own GPU; drop model.device_map or run one process")  # fmt: skip
+        model, tokenizer = load_model(model_config(cfg), task.num_labels, cfg.train.seed, device)
+        model.eval()  # dropout off: f(x+λz) and f(x−λz) must see the same network
+        devices = devices_of(model)  # one, or those of a device map (inputs go to the first)
         objective = build_objective(task, cfg.model.kind, tokenizer, cfg.task.max_length, cfg.task.train_loss)
         optimizer = build(model, optim_config(cfg), cfg.train.seed)
         schedule = BetaSchedule(beta_final=cfg.optimizer.beta, total_steps=cfg.train.steps,
@@ -296,7 +293,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
             if isinstance(optimizer, ZOOptimizer)
             else None  # first-order updates need the gradients
         )
-        record.begin(metric, select, selected_on, device, optimizer.d, data.info)
+        record.begin(metric, select, selected_on, devices, ranks.world, optimizer.d, data.info)
         check_precision(optimizer, record, cfg)
         if start == 0:
             record.row({"step": 0, **evaluate()}, evaluated=True)
@@ -309,8 +306,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
             losses = optimizer.step(step, lambda probe, b=batch: probe_loss(probe, b), cfg.optimizer.lr, beta)
             if trajectory is not None:
                 trajectory.write(step, losses)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+            for used in devices:
+                if used.type == "cuda":
+                    torch.cuda.synchronize(used)
             row = {
                 "step": step,
                 "loss": optimizer.logged_loss(losses),

@@ -42,9 +42,11 @@ def write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def peak_memory_mib(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
+def peak_memory_mib(devices: list[torch.device]) -> float:
+    """Peak GPU memory summed over the run's GPUs (several under a device map), else peak RSS."""
+    gpus = [d for d in devices if d.type == "cuda"]
+    if gpus:
+        return sum(torch.cuda.max_memory_allocated(d) for d in gpus) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # KiB on Linux
 
 
@@ -226,7 +228,7 @@ class RunRecord:
         self.loss_start: float | None = saved.get("loss_start")
         self.zero_steps: int = saved.get("zero_steps", 0)
         self.times: list[float] = []
-        self.device: torch.device | None = None
+        self.devices: list[torch.device] = []
         self.log: MetricsLog | None = None
         self.wandb: WandB | None = None
         self.progress: Progress | None = None
@@ -238,13 +240,13 @@ class RunRecord:
         return self
 
     # ---- the run ----------------------------------------------------------------------------
-    def begin(self, metric: str, select: str | None, selected_on: str | None, device: torch.device,
-              params: int, data: dict) -> None:  # fmt: skip
+    def begin(self, metric: str, select: str | None, selected_on: str | None, devices: list[torch.device],
+              ranks: int, params: int, data: dict) -> None:  # fmt: skip
         """Setup is done: from here on the run owns its folder. W&B starts first, so a W&B
         failure leaves a resumed folder's metrics as they were."""
-        self.metric, self.select, self.device = metric, select, device
-        self.summary |= {"metric": metric, "selected_on": selected_on, "device": str(device),
-                         "params": params, "data": data}  # fmt: skip
+        self.metric, self.select, self.devices = metric, select, devices
+        self.summary |= {"metric": metric, "selected_on": selected_on, "device": "+".join(map(str, devices)),
+                         "ranks": ranks, "params": params, "data": data}  # fmt: skip
         self.wandb = WandB(self.cfg, self.out_dir, self.summary["wandb_id"])
         header = self.folder.header
         self.log = MetricsLog(
@@ -381,5 +383,5 @@ class RunRecord:
         if self.log is not None:
             self.log.close()
         self.summary["s_per_step"] = statistics.median(self.times) if self.times else None
-        if self.device is not None:
-            self.summary["peak_mem_mib"] = peak_memory_mib(self.device)
+        if self.devices:
+            self.summary["peak_mem_mib"] = peak_memory_mib(self.devices)

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import ClassVar
@@ -158,6 +158,12 @@ class Single:
         """A flat stretch of whole problems, as the kernels see it."""
         return t
 
+    def total(self, parts: Iterable[torch.Tensor]) -> torch.Tensor:
+        """The sum of per-buffer partial sums, gathered on the first one's device: under a device map
+        the buffers live on several devices, and tensors on two GPUs do not add."""
+        parts = list(parts)
+        return sum((p.to(parts[0].device) for p in parts[1:]), parts[0])
+
     def norm(self, total_sq: torch.Tensor) -> float:
         """√ of a sum of squares the kernels reduced (one host sync)."""
         return math.sqrt(float(total_sq))
@@ -223,11 +229,15 @@ class Rows(Single):
 class _ChunkedLinear:
     """A big nn.Linear (an LM head) that, while perturbed, runs in chunks of `rows` output rows,
     each chunk's weights perturbed just before its matmul: the perturbed copy of the matrix
-    never exists whole. Installed as the module's forward; `remove` gives the module back its own."""
+    never exists whole. Installed as the module's forward; `remove` gives the module back its own.
+    Under an accelerate device map the module's forward is accelerate's wrapper (it moves the input
+    to the module's device, then calls `_old_forward`): the chunks go in its place, inside it."""
 
     def __init__(self, opt: ZOOptimizer, module: nn.Linear, seg: Segment, rows: int) -> None:
         self.opt, self.module, self.seg, self.rows = opt, module, seg, rows
-        module.forward = self
+        self.slot = "_old_forward" if hasattr(module, "_hf_hook") else "forward"
+        self.previous = vars(module).get(self.slot)  # accelerate's; None: the class's own forward
+        setattr(module, self.slot, self)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         module, seg = self.module, self.seg
@@ -246,7 +256,10 @@ class _ChunkedLinear:
         return out
 
     def remove(self) -> None:
-        vars(self.module).pop("forward", None)
+        if self.previous is None:
+            vars(self.module).pop(self.slot, None)
+        else:
+            setattr(self.module, self.slot, self.previous)
 
 
 class ZOOptimizer:

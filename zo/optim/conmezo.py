@@ -84,7 +84,8 @@ class ConMeZO(ZOOptimizer):
         super().begin_step(step)
         if self.cfg.unit_u:  # u = n/‖n‖ needs this step's ‖n‖ before the first perturbed forward
             norm_sq = self.kernel(noise_sq)
-            total = sum(norm_sq(self.rows.view(b.data), b.offset, self.step_seed) for b in self.flat.buffers)
+            parts = (norm_sq(self.rows.view(b.data), b.offset, self.step_seed) for b in self.flat.buffers)
+            total = self.rows.total(parts)
             self.u_scale = 1.0 / self.rows.norm(total)  # one host sync, not one per buffer
 
     def coefficients(self) -> tuple[float, float]:
@@ -107,7 +108,7 @@ class ConMeZO(ZOOptimizer):
         """‖m‖ exactly (per row, for rows), over all buffers, with one host sync."""
         assert self.momentum is not None
         norm_sq = self.kernel(sum_sq)
-        return self.rows.norm(sum(norm_sq(self.rows.view(m)) for m in self.momentum))
+        return self.rows.norm(self.rows.total(norm_sq(self.rows.view(m)) for m in self.momentum))
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "m_norm": self.m_norm}

@@ -107,7 +107,9 @@ class FirstOrder:
                 "no gradient reached the trainable parameters: the loss does not depend on them "
                 "(check model.trainable)"
             )
-        norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+        first = grads[0].device  # a device map spreads the gradients over devices
+        norms = [torch.linalg.vector_norm(g).to(first) for g in grads]
+        norm = float(torch.linalg.vector_norm(torch.stack(norms)))
         if not (all(math.isfinite(v) for v in losses) and math.isfinite(norm)):
             raise ZOError(
                 f"loss is not finite (loss {losses[0]:.6g}, gradient norm {norm:.6g}); lower optimizer.lr "
