@@ -57,3 +57,26 @@ def test_shards_must_split_over_the_ranks_and_first_order_stays_on_one() -> None
     with pytest.raises(ZOError, match="first-order optimizers are not data-parallel"):
         check(2, Ranks(1, 2), backward=True)
     check(4, Ranks(1, 2), backward=False)
+
+
+def test_a_failing_rank_leaves_no_scratch_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ranks other than 0 write a scratch folder; it goes however the run ends (here: an error)."""
+    import tempfile
+
+    import zo.runner
+    from tests.conftest import compose
+
+    seen: list[Path] = []
+
+    def fails(cfg, out_dir: Path, ranks, device):
+        seen.append(out_dir)
+        (out_dir / "metrics.jsonl").write_text("{}\n")
+        raise ZOError("boom")
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(zo.runner, "ranks_from_env", lambda device: Ranks(1, 2))
+    monkeypatch.setattr(zo.runner, "train", fails)
+    with pytest.raises(ZOError, match="boom"):
+        zo.runner.run(compose(["model=quadratic", "task=quadratic"]), tmp_path / "run")
+    assert len(seen) == 1 and seen[0].name.startswith("zo-rank1-") and not seen[0].exists()
+    assert not (tmp_path / "run").exists()  # rank 1 never touches the run folder

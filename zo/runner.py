@@ -35,8 +35,8 @@ from data import Request, TaskData, build_task, load_task_data
 from data.readers import decoding
 from zo import ZOError, checkpoint
 from zo.config import model_config, optim_config, schedule_config, values
+from zo.distributed import Ranks, ranks_from_env, sharded_mean, sharded_scores
 from zo.distributed import check as check_shards
-from zo.distributed import ranks_from_env, sharded_mean, sharded_scores
 from zo.models import load_model, save_model
 from zo.noise import mix
 from zo.objective import Objective, batches, build_objective
@@ -205,11 +205,21 @@ def trajectory_header(cfg: DictConfig, optimizer: ZOOptimizer) -> dict:
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict:
+    """The run of `cfg` in `out_dir`, or, on a data-parallel rank other than 0, in a scratch folder
+    (only rank 0 writes the run folder) that is removed however the run ends."""
     device = pick_device(cfg.train.device)
     ranks = ranks_from_env(device)
-    if not ranks.lead:  # under torchrun only rank 0 writes the run folder; the others write a scratch one
-        out_dir = Path(tempfile.mkdtemp(prefix=f"zo-rank{ranks.rank}-"))
-        cfg = OmegaConf.merge(cfg, {"log": {"wandb": "disabled"}, "save": {"model": False}})
+    if ranks.lead:
+        return train(cfg, out_dir, ranks, device)
+    scratch = Path(tempfile.mkdtemp(prefix=f"zo-rank{ranks.rank}-"))
+    try:
+        quiet = OmegaConf.merge(cfg, {"log": {"wandb": "disabled"}, "save": {"model": False}})
+        return train(quiet, scratch, ranks, device)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def train(cfg: DictConfig, out_dir: Path, ranks: Ranks, device: torch.device) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     folder = checkpoint.inspect(out_dir, OmegaConf.to_container(cfg, resolve=True))  # or refuses
     if ranks.world > 1 and (folder.header or folder.finished):
@@ -335,6 +345,4 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
                 saved = save_model(model, tokenizer, out_dir / "model")
                 record.summary["model_dir"] = None if saved is None else str(saved)
             record.finished()
-    if not ranks.lead:
-        shutil.rmtree(out_dir, ignore_errors=True)
     return record.summary
