@@ -116,3 +116,28 @@ def test_train_device_accepts_cuda_n_and_names_what_is_visible():
         pick_device(f"cuda:{count}")
     with pytest.raises(ZOError, match="is not a device"):
         pick_device("tpu:0")
+
+
+# The first half on GPU 0 (with the tied embedding and head), the second half elsewhere.
+FIRST = {"model.embed_tokens": 0, "model.rotary_emb": 0, "model.layers.0": 0, "lm_head": 0}
+GPU_SPLITS = {
+    "cuda:0+cpu": FIRST | {"model.layers.1": "cpu", "model.norm": "cpu"},
+    "cuda:0+cuda:1": FIRST | {"model.layers.1": 1, "model.norm": 1},
+}
+
+
+@pytest.mark.parametrize("split", list(GPU_SPLITS))
+def test_a_real_split_follows_the_one_gpu_run(tmp_path, needs_shared, split):
+    """On GPUs: the split run's metrics follow the one-GPU run's (not bitwise: the CPU's and a GPU's
+    float sums differ), and the summary names every device."""
+    if torch.cuda.device_count() < split.count("cuda"):
+        pytest.skip(f"needs {split.count('cuda')} GPU(s)")
+    base = [*TINY, "optimizer=conmezo", "train.steps=6", "train.eval_every=3", "train.device=cuda:0"]
+    spec = "{" + ", ".join(f"{m}: {d}" for m, d in GPU_SPLITS[split].items()) + "}"
+    one = run_inprocess(base, tmp_path / "one")
+    two = run_inprocess([*base, f"+model.device_map={spec}"], tmp_path / "split")
+    assert (one["device"], two["device"]) == ("cuda:0", split)
+    ref, got = (read_metrics(tmp_path / name / "metrics.jsonl") for name in ("one", "split"))
+    assert [r["step"] for r in got] == [r["step"] for r in ref]
+    for a, b in zip(ref[1:], got[1:], strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-3, abs=1e-4)
