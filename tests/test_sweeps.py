@@ -50,7 +50,7 @@ SWEEPS = {
         {
             "task": axis("sst2_review bbcnews"),
             "optimizer": axis("mezo mezo_momentum conmezo"),
-            "optimizer.lr": axis("3e-6 1e-5 3e-5"),
+            "optimizer.lr": axis("1e-5 3e-5 1e-4"),
         },
         dict(model="smollm2", steps=300, batch=8, schedule="warmup"),
     ),
@@ -109,6 +109,8 @@ def test_convergence_study_trains_as_classification_and_scores_dev_and_test() ->
     )
     assert (cfg.train.eval_every, cfg.log.align_every, cfg.ckpt.every) == (100, 100, 100)
     assert cfg.optimizer.lr == cfg.lr_by_optimizer.mezo_momentum  # η follows the optimizer
+    tuned = compose(["+sweeps=convergence", "task=sst2_review", "optimizer=conmezo"])
+    assert tuned.optimizer.lr == tuned.lr_by_task.sst2_review.conmezo == 3e-5  # and the grid, per task
 
 
 def test_roberta_seed_picks_the_kshot_sample_too() -> None:

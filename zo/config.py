@@ -256,10 +256,11 @@ def validate(cfg: DictConfig) -> None:
 
 
 def interpolated(cfg: DictConfig, key: str) -> bool:
-    """Whether another value reads `key` through an interpolation (`${key.…}`): a lookup table such as
-    a sweep's `lr_by_optimizer` is allowed at the top; any other unknown key is a typo."""
+    """Whether another value reads `key` through an interpolation (`${key.…}`, or a resolver's argument
+    `${oc.select:key.…}`): a lookup table such as a sweep's `lr_by_optimizer` is allowed at the top;
+    any other unknown key is a typo."""
     text = OmegaConf.to_yaml(cfg)  # unresolved
-    return any(f"${{{key}{end}" in text for end in ".}[")
+    return any(f"{start}{key}{end}" in text for start in ("${", ":") for end in ".}[")
 
 
 def values(cfg: DictConfig, name: str | None = None) -> dict:
