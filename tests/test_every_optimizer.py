@@ -4,6 +4,7 @@ SIGINT and resumed equals the uninterrupted one (so its state is all in the chec
 from __future__ import annotations
 
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -35,7 +36,7 @@ FEWER = {"loren": ["optimizer.queries=4"]}
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict]]:
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, list[str]], list[dict]]:
     """Each optimizer's uninterrupted metrics, run once for both checkpoint modes (ckpt.* changes
     nothing the run computes)."""
     cache: dict[str, list[dict]] = {}

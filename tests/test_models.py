@@ -129,7 +129,7 @@ def test_default_model_runs_a_few_real_steps(tmp_path: Path) -> None:
             "log.wandb=disabled",
             f"hydra.run.dir={out}",
         ],
-        tmp_path,  # fmt: skip
+        tmp_path,
     )
     assert res.returncode == 0, res.stderr
     summary = json.loads((out / "summary.json").read_text())

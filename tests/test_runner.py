@@ -76,9 +76,8 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
 def test_killed_and_resumed_run_matches_uninterrupted(
     tmp_path: Path, needs_shared: Path, uninterrupted: list[dict], how: int
 ) -> None:
-    args = KILLED
     cut = tmp_path / "cut"
-    cmd = [sys.executable, str(ROOT / "launch.py"), *args, f"hydra.run.dir={cut}"]
+    cmd = [sys.executable, str(ROOT / "launch.py"), *KILLED, f"hydra.run.dir={cut}"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for_rows(cut / "metrics.jsonl", 13, proc)  # past the step-8 checkpoint, before the end
     proc.send_signal(how)
@@ -92,12 +91,12 @@ def test_killed_and_resumed_run_matches_uninterrupted(
     assert (cut / "checkpoint.safetensors").exists()
     assert len(read_metrics(cut / "metrics.jsonl")) < 31
 
-    done = cli([*args, f"hydra.run.dir={cut}", "resume=true"], tmp_path)
+    done = cli([*KILLED, f"hydra.run.dir={cut}", "resume=true"], tmp_path)
     assert done.returncode == 0, done.stderr
     assert read_metrics(cut / "metrics.jsonl") == uninterrupted
     assert json.loads((cut / "summary.json").read_text())["status"] == "finished"
     if how == signal.SIGKILL:  # a finished run is skipped (once is enough: a third fresh process)
-        again = cli([*args, f"hydra.run.dir={cut}"], tmp_path)
+        again = cli([*KILLED, f"hydra.run.dir={cut}"], tmp_path)
         assert "already finished" in again.stdout
 
 

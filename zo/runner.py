@@ -222,6 +222,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
 def train(cfg: DictConfig, out_dir: Path, ranks: Ranks, device: torch.device) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     folder = checkpoint.inspect(out_dir, OmegaConf.to_container(cfg, resolve=True))  # or refuses
+    if ranks.world > 1 and cfg.model.device_map is not None:
+        raise ZOError("model.device_map under torchrun is not supported: each rank holds the whole model on "
+                      "its own GPU; drop model.device_map or run one process")  # fmt: skip
     if ranks.world > 1 and (folder.header or folder.finished):
         raise ZOError(
             f"{out_dir} holds a run: a data-parallel run starts in a fresh folder (resuming one is not "
@@ -234,9 +237,6 @@ def train(cfg: DictConfig, out_dir: Path, ranks: Ranks, device: torch.device) ->
         # ---- build everything -------------------------------------------------------------------
         task = build_task(cfg.task.name, values(cfg, "task"))
         data = load_data(cfg, task)
-        if ranks.world > 1 and cfg.model.device_map is not None:
-            raise ZOError("model.device_map under torchrun is not supported: each rank holds the whole model "
-                          "on its own GPU; drop model.device_map or run one process")  # fmt: skip
         model, tokenizer = load_model(model_config(cfg), task.num_labels, cfg.train.seed, device)
         model.eval()  # dropout off: f(x+λz) and f(x−λz) must see the same network
         devices = devices_of(model)  # one, or those of a device map (inputs go to the first)
