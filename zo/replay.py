@@ -27,24 +27,17 @@ def rebuild(run_dir: Path, upto: int | None = None) -> tuple[nn.Module, object |
     from omegaconf import OmegaConf
 
     from data import build_task
-    from zo.config import model_config, optim_config, schedule_config, values
-    from zo.models import load_model
-    from zo.optim import build
-    from zo.schedule import BetaSchedule
+    from zo.config import values
+    from zo.runner import build_run
 
     header, records = read(run_dir)
     cfg = OmegaConf.load(run_dir / "config.yaml")
-    task = build_task(cfg.task.name, values(cfg, "task"))
-    model, tokenizer = load_model(model_config(cfg), task.num_labels, cfg.train.seed)
-    model.eval()
-    optimizer = build(model, optim_config(cfg), cfg.train.seed)
+    model, tokenizer, optimizer, schedule = build_run(cfg, build_task(cfg.task.name, values(cfg, "task")))
     if (optimizer.name, optimizer.d) != (header["optimizer"], header["d"]):
         raise ZOError(
             f"{run_dir}: the log is of {header['optimizer']} over {header['d']} parameters, config.yaml "
             f"builds {optimizer.name} over {optimizer.d}: they come from different runs"
         )
-    schedule = BetaSchedule(beta_final=cfg.optimizer.beta, total_steps=cfg.train.steps,
-                            **vars(schedule_config(cfg)))  # fmt: skip
     last = apply(optimizer, records, cfg.optimizer.lr, schedule, upto, str(run_dir))
     optimizer.close()
     return model, tokenizer, last

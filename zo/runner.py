@@ -204,6 +204,22 @@ def trajectory_header(cfg: DictConfig, optimizer: ZOOptimizer) -> dict:
             "trainable": m.trainable, "seed": cfg.train.seed, "steps": cfg.train.steps}  # fmt: skip
 
 
+def build_run(
+    cfg: DictConfig, task, device: torch.device | None = None
+) -> tuple[torch.nn.Module, object, object, BetaSchedule]:
+    """The model, its tokenizer, the optimizer over it and the β schedule, as `cfg` makes them.
+
+    The one place a run's pieces are made, so that a replay (zo.replay) rebuilds exactly the run's:
+    the same train.seed gives the same fresh weights (a head, adapters) and the same noise.
+    """
+    model, tokenizer = load_model(model_config(cfg), task.num_labels, cfg.train.seed, device)
+    model.eval()  # dropout off: f(x+λz) and f(x−λz) must see the same network
+    optimizer = build(model, optim_config(cfg), cfg.train.seed)
+    schedule = BetaSchedule(beta_final=cfg.optimizer.beta, total_steps=cfg.train.steps,
+                            **vars(schedule_config(cfg)))  # fmt: skip
+    return model, tokenizer, optimizer, schedule
+
+
 def run(cfg: DictConfig, out_dir: Path) -> dict:
     """The run of `cfg` in `out_dir`, or, on a data-parallel rank other than 0, in a scratch folder
     (only rank 0 writes the run folder) that is removed however the run ends."""
@@ -237,13 +253,9 @@ def train(cfg: DictConfig, out_dir: Path, ranks: Ranks, device: torch.device) ->
         # ---- build everything -------------------------------------------------------------------
         task = build_task(cfg.task.name, values(cfg, "task"))
         data = load_data(cfg, task)
-        model, tokenizer = load_model(model_config(cfg), task.num_labels, cfg.train.seed, device)
-        model.eval()  # dropout off: f(x+λz) and f(x−λz) must see the same network
+        model, tokenizer, optimizer, schedule = build_run(cfg, task, device)
         devices = devices_of(model)  # one, or those of a device map (inputs go to the first)
         objective = build_objective(task, cfg.model.kind, tokenizer, cfg.task.max_length, cfg.task.train_loss)
-        optimizer = build(model, optim_config(cfg), cfg.train.seed)
-        schedule = BetaSchedule(beta_final=cfg.optimizer.beta, total_steps=cfg.train.steps,
-                                **vars(schedule_config(cfg)))  # fmt: skip
         eval_set = data.test[: cfg.train.eval_samples]
         dev_set = data.dev[: cfg.train.dev_samples]
         synthetic = task.task_type == "synthetic"
