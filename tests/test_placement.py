@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from tests.conftest import TINY, compose, read_metrics, run_inprocess
 from zo import ZOError
-from zo.config import model_config, optim_config
+from zo.config import ConfigError, model_config, optim_config, validate
 from zo.models import load_model
 from zo.optim import build
 from zo.placement import device_map, pick_device
@@ -92,12 +92,19 @@ def test_bad_device_maps_are_named(spec, max_memory, message):
         load_model(tiny(device_map=spec, max_memory=max_memory), 2, 0, torch.device("cpu"))
 
 
-def test_device_map_refusals_for_prefix_and_the_quadratic():
-    with pytest.raises(ZOError, match="trainable=prefix with model.device_map"):
-        load_model(tiny(device_map=SPLIT, trainable="prefix"), 2, 0, torch.device("cpu"))
-    quad = model_config(compose(["model=quadratic", "task=quadratic", "model.device_map=auto"]))
-    with pytest.raises(ZOError, match="the quadratic is one vector"):
-        load_model(quad, 1, 0, torch.device("cpu"))
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["model=tiny-llama", "task=sst2", "model.trainable=prefix", "model.device_map=auto"],
+        ["model=quadratic", "task=quadratic", "model.device_map=auto"],
+    ],
+)
+def test_device_map_refusals_for_prefix_and_the_quadratic_are_config_errors(overrides):
+    """Refused before anything loads (exit 2), with what to use instead."""
+    with pytest.raises(
+        ConfigError, match=r"model.device_map=auto is invalid: allowed null with model=quadratic"
+    ):
+        validate(compose(overrides))
 
 
 def test_auto_map_on_a_cpu_only_machine_is_the_cpu():

@@ -212,6 +212,11 @@ class ModelKeys(ModelConfig):
                 self.tokenizer in TOKENIZERS[1:] if self.source == "tiny" else self.tokenizer in TOKENIZERS,
                 "minilm or smollm2 (the offline tokenizers; required by source=tiny)",
             ),
+            "device_map": (  # prefix: the virtual tokens' keys and values would have to follow each layer
+                self.device_map is None or (self.kind != "quadratic" and self.trainable != "prefix"),
+                "null with model=quadratic (one vector: use train.device) "
+                "and with trainable=prefix (use lora or all)",
+            ),
             "d": (self.d >= 1, "d >= 1"),
             "init_norm": (self.init_norm >= 0, "init_norm >= 0"),
         }

@@ -149,8 +149,6 @@ def load_model(
     the noise does not depend on placement). Adapters are added after placing, so peft puts each
     one on the device of the layer it adapts."""
     if cfg.kind == "quadratic":
-        if cfg.device_map is not None:
-            raise ZOError("model.device_map: the quadratic is one vector; use train.device instead")
         return Quadratic(cfg.d, cfg.init_norm, seed).to(device or "cpu"), None
     extra = {"num_labels": num_labels} if cfg.kind == "cls" else {}
     torch.manual_seed(seed)  # fresh heads (cls) and tiny models initialise reproducibly
@@ -188,11 +186,6 @@ def load_model(
     for p in model.parameters():
         p.requires_grad_(True)
     if device is not None:
-        if cfg.device_map is not None and cfg.trainable == "prefix":
-            raise ZOError(
-                "model.trainable=prefix with model.device_map is not supported (the virtual tokens' keys "
-                "and values would have to follow each layer's device); use lora or all"
-            )
         place(model, device, cfg.device_map, cfg.max_memory)
     return (model if cfg.trainable == "all" else with_adapters(model, cfg)), tokenizer
 
