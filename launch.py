@@ -8,7 +8,9 @@ schedule; zo.runner does the rest. Two things happen before Hydra sees argv:
   `mezo,adam`, a `glob` that matches nothing) is a one-line error with exit code 2 that
   lists the choices, instead of Hydra's multi-line one.
 In a sweep (-m), a job whose config is invalid or whose run fails prints its one line
-and the sweep goes on; the sweep then exits with code 1, naming the failed jobs.
+and the sweep goes on; the sweep then exits with code 1, naming the failed jobs. In an
+Optuna search (+sweeps=tune) a diverged trial is an answer, not a failure: it does not
+set the exit code.
 """
 
 from __future__ import annotations
@@ -167,7 +169,7 @@ FAILED: list[str] = []  # jobs of this (local) sweep that failed, for the exit c
 @hydra.main(config_path=str(CONF), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     from data import DataError
-    from zo import ZOError
+    from zo import Diverged, ZOError
     from zo.config import ConfigError, validate
 
     hydra_cfg = HydraConfig.get()
@@ -187,6 +189,12 @@ def main(cfg: DictConfig) -> float | None:
     try:
         summary = run(cfg, out_dir)
     except (ZOError, DataError) as err:
+        if multirun and isinstance(err, Diverged) and "optuna" in str(hydra_cfg.sweeper.get("_target_")):
+            print(
+                f"error: {out_dir}: {err} (the search scores it as failed and goes on)",
+                file=sys.stderr,
+            )
+            return None  # a search's answer (this setting diverges), not a failed job
         if multirun:  # one failed job must not take the rest of the sweep down
             return job_failed(out_dir, err)
         fail(str(err), 1)

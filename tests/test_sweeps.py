@@ -191,3 +191,26 @@ def test_optuna_tune_preset_searches_lr_and_eps_and_reports_the_best_trial(tmp_p
     )
     lrs = [t["config"]["optimizer"]["lr"] for t in trials]
     assert len(set(lrs)) == 4 and all(1e-7 <= lr <= 1e-3 for lr in lrs)  # sampled, on the preset's range
+
+
+def test_a_diverged_optuna_trial_is_an_answer_and_the_search_exits_0(tmp_path) -> None:
+    """+sweeps=tune choosing η from 1e-4 (converges) and 100 (diverges on the quadratic): the diverged
+    trials' folders say so, the study picks 1e-4, and the exit code is 0 (a plain sweep's would be 1)."""
+    import yaml
+
+    from tests.conftest import cli
+
+    sweep = tmp_path / "tune"
+    args = ["+sweeps=tune", "-m", "model=quadratic", "task=quadratic", "hydra.sweeper.direction=minimize",
+            "optimizer.lr=choice(1e-4,100.0)", "optimizer.eps=0.01", "hydra.sweeper.n_trials=4",
+            "train.steps=20", "log.wandb=disabled", f"hydra.sweep.dir={sweep}"]  # fmt: skip
+    proc = cli(args, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials = [json.loads((sweep / str(n) / "summary.json").read_text()) for n in range(4)]
+    by_lr = {lr: [t for t in trials if t["config"]["optimizer"]["lr"] == lr] for lr in (1e-4, 100.0)}
+    assert by_lr[1e-4] and by_lr[100.0]  # the sampler (seed 0) tried both
+    assert all(t["status"] == "failed" and "diverged at step" in t["error"] for t in by_lr[100.0])
+    assert all(t["status"] == "finished" for t in by_lr[1e-4])
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert best["best_params"]["optimizer.lr"] == pytest.approx(1e-4)
+    assert "the search scores it as failed" in proc.stderr and "job(s) of the sweep failed" not in proc.stderr

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from zo import ZOError
+from zo import Diverged, ZOError
 from zo.checkpoint import NAME, Folder, resume_command, trained_rows
 
 KEPT = ("em", "eval_loss")  # beside the task's metric, what `final` keeps of the last evaluation
@@ -291,13 +291,13 @@ class RunRecord:
         if self.loss_start is None:
             self.loss_start = loss
         if t.diverge_factor and self.loss_start > 0 and loss > t.diverge_factor * self.loss_start:
-            raise ZOError(
+            raise Diverged(
                 f"diverged at step {step}: training loss {loss:.6g} is over {t.diverge_factor:g} times its "
                 f"first value {self.loss_start:.6g}; lower optimizer.lr (train.diverge_factor=0: no check)"
             )
         self.zero_steps = self.zero_steps + 1 if projected == 0.0 and math.isfinite(loss) else 0
         if t.stall_steps and self.zero_steps >= t.stall_steps:
-            raise ZOError(
+            raise Diverged(
                 f"stalled at step {step}: the projected gradient was exactly 0 for {self.zero_steps} steps "
                 f"(loss {loss:.6g}), so nothing moves: the weights left the loss's range (lower "
                 "optimizer.lr) or λ is below its resolution (raise optimizer.eps, or model.dtype=fp32)"
@@ -340,7 +340,9 @@ class RunRecord:
             if self.wandb is not None:
                 self.wandb.finish(self.summary)
         if line is not None and isinstance(err, Exception) and self._one_line(err):
-            raise ZOError(line) from err
+            raise (Diverged if isinstance(err, Diverged) else ZOError)(
+                line
+            ) from err  # a sweeper tells them apart
         return isinstance(err, KeyboardInterrupt)
 
     def _describe(self, err: BaseException) -> str:

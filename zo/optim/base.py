@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zo import ZOError
+from zo import Diverged, ZOError
 from zo.flat import FlatParams, Run, Segment, block_limit, blocks
 from zo.fused import kernel
 from zo.noise import mix, normal_at, positions
@@ -184,7 +184,7 @@ class Single:
     def require(self, ok: bool, message: Callable[[], str]) -> None:
         """Stop the run on a failed check (a non-finite loss, a broken momentum)."""
         if not ok:
-            raise ZOError(message())
+            raise Diverged(message())
 
 
 class Rows(Single):
