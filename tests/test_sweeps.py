@@ -214,3 +214,8 @@ def test_a_diverged_optuna_trial_is_an_answer_and_the_search_exits_0(tmp_path) -
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert best["best_params"]["optimizer.lr"] == pytest.approx(1e-4)
     assert "the search scores it as failed" in proc.stderr and "job(s) of the sweep failed" not in proc.stderr
+    # A grid sweep has no search to answer: there the diverged job is a failed one.
+    plain = ["-m", "model=quadratic", "task=quadratic", "optimizer.lr=1e-4,100.0", "optimizer.eps=0.01",
+             "train.steps=20", "log.wandb=disabled", f"hydra.sweep.dir={tmp_path / 'grid'}"]  # fmt: skip
+    proc = cli(plain, tmp_path)
+    assert proc.returncode == 1 and "1 job(s) of the sweep failed" in proc.stderr
