@@ -1,8 +1,9 @@
 """Steps each method needs to reach the baseline's final eval loss, and the speedup over the baseline.
 
 Per panel (a task, in the convergence study) the target is the baseline optimizer's final test
-`eval_loss` averaged over its seeds (the seeds that finished: an unfinished run has no final). A
-method's `steps` are the first evaluated step where its mean-over-seeds eval_loss is ≤ the target,
+`eval_loss` (or another evaluated loss, `series`: the dev split's `dev_eval_loss`) averaged over
+its seeds (the seeds that finished: an unfinished run has no final). A method's `steps` are the
+first evaluated step where its mean-over-seeds loss is ≤ the target,
 counting only steps every seed of the method has logged (a mean over the seeds that got there first
 would be a different number); `steps_seed<N>` is each seed's own first such step. The speedup is
 baseline steps / method steps: above 1, the method gets there first (none where the method is
@@ -22,15 +23,15 @@ import numpy as np
 from zo.report.numbers import lines
 from zo.report.runs import ReportError, Run
 
-SERIES = "eval_loss"  # the test split's loss: what "gets there first" is measured on
+SERIES = "eval_loss"  # the test split's loss: what "gets there first" is measured on, by default
 RESAMPLES = 2000
 LEVEL = 0.95
 RNG_SEED = 0
 
 
-def _table(runs: list[Run]) -> tuple[np.ndarray, np.ndarray]:
-    """(steps, values[seed, step]) over the evaluated steps every run logged `SERIES` at."""
-    logged = [{r["step"]: r[SERIES] for r in run.evals if r.get(SERIES) is not None} for run in runs]
+def _table(runs: list[Run], series: str) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, values[seed, step]) over the evaluated steps every run logged `series` at."""
+    logged = [{r["step"]: r[series] for r in run.evals if r.get(series) is not None} for run in runs]
     steps = sorted(set.intersection(*(set(t) for t in logged))) if logged else []
     return np.array(steps, dtype=int), np.array([[t[s] for s in steps] for t in logged], dtype=float)
 
@@ -57,9 +58,11 @@ def _step(value: float) -> int | None:
 class _Method:
     """One method's seeds in a panel: its table of eval losses and the seed draws (identity first)."""
 
-    def __init__(self, name: str, runs: list[Run], rng: np.random.Generator, resamples: int) -> None:
-        self.name, self.runs = name, runs
-        self.steps, self.values = _table(runs)
+    def __init__(
+        self, name: str, runs: list[Run], series: str, rng: np.random.Generator, resamples: int
+    ) -> None:
+        self.name, self.runs, self.series = name, runs, series
+        self.steps, self.values = _table(runs, series)
         n = len(runs)
         self.draws = np.vstack([np.arange(n), rng.integers(0, n, (resamples, n))])
 
@@ -71,7 +74,11 @@ class _Method:
 
 
 def speedup_data(
-    runs: list[Run], baseline: str = "mezo", resamples: int = RESAMPLES, seed: int = RNG_SEED
+    runs: list[Run],
+    baseline: str = "mezo",
+    resamples: int = RESAMPLES,
+    seed: int = RNG_SEED,
+    series: str = SERIES,
 ) -> list[dict]:
     """One row per (panel, method) of every panel with a finished `baseline` run; see the module docstring.
 
@@ -89,15 +96,15 @@ def speedup_data(
                 f"panel {panel!r} has {len(base)} {baseline} settings ({', '.join(n for n, _ in base)}); "
                 "the speedup needs one: report on a folder with one, or pick another --baseline"
             )
-        finished = [r for _, m in base for r in m if r.value_at(None, SERIES) is not None]
+        finished = [r for _, m in base for r in m if r.value_at(None, series) is not None]
         if not finished:
             continue
-        ref = _Method(base[0][0], finished, rng, resamples)
+        ref = _Method(base[0][0], finished, series, rng, resamples)
         curves = _mean_curves(ref.values, ref.draws)
         targets = curves[:, -1]  # each draw's mean final eval loss
         ref_reach = _first_reach(ref.steps, curves, targets)
         others = sorted(((name, m) for name, m in methods if m is not base[0][1]), key=lambda nm: nm[0])
-        for method in [ref, *(_Method(name, m, rng, resamples) for name, m in others)]:
+        for method in [ref, *(_Method(name, m, series, rng, resamples) for name, m in others)]:
             rows.append(_row(panel, baseline, method, targets, ref_reach))
     return rows
 
@@ -111,7 +118,7 @@ def _row(panel: str, baseline: str, method: _Method, targets: np.ndarray, ref_re
     tail = 50 * (1 - LEVEL)
     low, high = (float(q) for q in np.percentile(boot, [tail, 100 - tail])) if boot.size else (None, None)
     first = method.runs[0]
-    finals = [v for r in method.runs if (v := r.value_at(None, SERIES)) is not None]
+    finals = [v for r in method.runs if (v := r.value_at(None, method.series)) is not None]
     target = float(targets[0])
     row = {
         "panel": panel,
@@ -119,7 +126,7 @@ def _row(panel: str, baseline: str, method: _Method, targets: np.ndarray, ref_re
         "label": method.name,
         "optimizer": first.get("optimizer.name"),
         "baseline": baseline,
-        "series": SERIES,
+        "series": method.series,
         "target": target,
         "seeds": len(method.runs),
         "evaluated_to": int(method.steps[-1]) if method.steps.size else None,
@@ -133,5 +140,5 @@ def _row(panel: str, baseline: str, method: _Method, targets: np.ndarray, ref_re
         "resamples": len(reach) - 1,
     }
     for run in sorted(method.runs, key=lambda r: r.get("train.seed") or 0):
-        row[f"steps_seed{run.get('train.seed')}"] = run.steps_to(target, SERIES)
+        row[f"steps_seed{run.get('train.seed')}"] = run.steps_to(target, method.series)
     return row
