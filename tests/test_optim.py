@@ -175,18 +175,24 @@ def test_perturbation_restores_parameters_bitwise(dtype: torch.dtype, name: str)
     model = TwoLayer(dtype)
     opt = build(model, OptimConfig(name=name, eps=1e-2, fused=False), seed=0)
     for t in range(1, 31):
-        before = [p.detach().clone() for p in model.parameters()]
-        opt.begin_step(t)
-        with torch.no_grad():
-            with opt.perturb(+1):
-                plus = model().item()
-            with opt.perturb(-1):
-                minus = model().item()
-        assert plus != minus  # the forwards really saw perturbed weights
-        for b, p in zip(before, model.parameters(), strict=True):
-            assert torch.equal(b.view(torch.uint8), p.detach().view(torch.uint8))
-        opt.estimate([plus, minus])
-        opt.update(1e-3, 0.9)
+        probe_and_update(opt, model, t, beta=0.9)
+
+
+def probe_and_update(opt, model: nn.Module, t: int, beta: float | None) -> None:
+    """Step t by hand: the ±λ forwards differ (they saw perturbed weights), the weights come back
+    bit for bit after them, then the estimate and the update run."""
+    before = [p.detach().clone() for p in model.parameters()]
+    opt.begin_step(t)
+    with torch.no_grad():
+        with opt.perturb(+1):
+            plus = model().item()
+        with opt.perturb(-1):
+            minus = model().item()
+    assert plus != minus
+    for b, p in zip(before, model.parameters(), strict=True):
+        assert torch.equal(b.view(torch.uint8), p.detach().view(torch.uint8))
+    opt.estimate([plus, minus])
+    opt.update(1e-3, beta)
 
 
 def test_a_forward_that_raises_still_restores() -> None:

@@ -10,7 +10,7 @@ from torch import nn
 
 from tests.conftest import compose
 from tests.test_kernels import tiny_llama
-from tests.test_optim import TwoLayer
+from tests.test_optim import TwoLayer, probe_and_update
 from zo.config import ConfigError, validate
 from zo.noise import normal_at, positions
 from zo.optim import build
@@ -111,18 +111,7 @@ def test_perturbation_restores_bf16_weights_bitwise_and_updates_move_them() -> N
     opt = lozo(model, eps=1e-2, momentum=0.9, interval=3, weight_decay=0.1)
     start = [p.detach().clone() for p in model.parameters()]
     for t in range(1, 9):
-        before = [p.detach().clone() for p in model.parameters()]
-        opt.begin_step(t)
-        with torch.no_grad():
-            with opt.perturb(+1):
-                plus = model().item()
-            with opt.perturb(-1):
-                minus = model().item()
-        assert plus != minus
-        for b, p in zip(before, model.parameters(), strict=True):
-            assert torch.equal(b.view(torch.uint8), p.detach().view(torch.uint8))
-        opt.estimate([plus, minus])
-        opt.update(1e-3, None)
+        probe_and_update(opt, model, t, beta=None)
     assert all(not torch.equal(a, p) for a, p in zip(start, model.parameters(), strict=True))
 
 
