@@ -57,7 +57,7 @@ SWEEPS = {
     "convergence": (
         {
             "task": axis("sst2_review bbcnews"),
-            "optimizer": axis("mezo mezo_momentum conmezo"),
+            "optimizer": axis("mezo conmezo mezo_momentum"),
             "train.seed": axis("0 1 2"),
         },
         dict(model="smollm2", steps=1000, batch=8, eps=1e-3, lr=1e-5, schedule="warmup"),
