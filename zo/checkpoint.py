@@ -47,7 +47,8 @@ RUN_FILES = ("metrics.jsonl", "summary.json", "config.yaml", NAME, LEGACY, "wand
              "trajectory.json")  # fmt: skip
 # Keys that may differ between a run and its resume: where and how the run is watched, stored and
 # executed, never what it computes. (optimizer.fused runs the same math compiled or eagerly; a device
-# map places the same math, whose noise does not depend on where it runs.)
+# map places the same math, whose noise does not depend on where it runs; the divergence and stall
+# guards only decide when to give up on a run, so a resume may tighten or loosen them.)
 FREE = (
     "log.",
     "ckpt.",
@@ -58,6 +59,8 @@ FREE = (
     "train.eval_every",
     "train.eval_batch_size",
     "train.device",
+    "train.stall_steps",
+    "train.diverge_factor",
     "model.device_map",
     "model.max_memory",
     "data.root",
