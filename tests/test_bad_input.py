@@ -325,6 +325,25 @@ def test_resume_with_other_settings_refuses_and_the_printed_command_resumes(tmp_
     assert summary(out)["status"] == "finished"
 
 
+def test_a_sweeps_lookup_table_may_grow_while_its_runs_are_paused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The convergence sweep's lr_by_task gets a second task's η while the first task's runs are paused:
+    they resume, because the η each took from the table is in optimizer.lr, and that is still compared."""
+    args = [*QUAD, "train.steps=4", "ckpt.every=2", "optimizer.lr=${lr_table.a}"]
+    out = tmp_path / "run"
+    assert stopped_at(monkeypatch, [*args, "+lr_table.a=0.002"], out, at=3)["status"] == "interrupted"
+    grown = [*args, "+lr_table={a: 0.002, b: 0.5}"]
+    assert run_inprocess(grown, out)["status"] == "finished"
+    assert run_inprocess(grown, out)["status"] == "finished"  # the finished run is recognised too
+    whole = tmp_path / "whole"
+    run_inprocess([*args, "+lr_table.a=0.002"], whole)
+    assert read_metrics(out / "metrics.jsonl") == read_metrics(whole / "metrics.jsonl")
+    with pytest.raises(ZOError, match=r"optimizer.lr=0.002 \(now 0.5\)"):
+        run_inprocess([*QUAD, "train.steps=4", "ckpt.every=2", "optimizer.lr=${lr_table.b}",
+                       "+lr_table={a: 0.002, b: 0.5}"], out)  # fmt: skip
+
+
 def test_metrics_without_checkpoint_refuse_instead_of_truncating(tmp_path: Path) -> None:
     out = tmp_path / "run"
     run_inprocess([*QUAD, "train.steps=5"], out)

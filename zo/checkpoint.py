@@ -30,6 +30,7 @@ import shlex
 import struct
 import sys
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -267,14 +268,21 @@ def flat_keys(tree: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def differences(saved: dict, current: dict) -> list[str]:
-    """`key=saved (now current)` for every trajectory-changing key whose value differs."""
+def differences(saved: dict, current: dict, compared: Collection[str] | None = None) -> list[str]:
+    """`key=saved (now current)` for every trajectory-changing key whose value differs.
+
+    `compared`: the top-level keys to compare (None: all). The runner passes the schema's
+    (`zo.config.SCHEMA_KEYS`), so a sweep may fill in its lookup table (`lr_by_task`) while its
+    runs are paused: what a run took from the table is in the key that read it, which is compared.
+    """
     old, new = flat_keys(saved), flat_keys(current)
     missing = "(unset)"
     return [
         f"{key}={old.get(key, missing)} (now {new.get(key, missing)})"
         for key in sorted(old.keys() | new.keys())
-        if not key.startswith(FREE) and old.get(key, missing) != new.get(key, missing)
+        if not key.startswith(FREE)
+        and (compared is None or key.split(".", 1)[0] in compared)
+        and old.get(key, missing) != new.get(key, missing)
     ]
 
 
@@ -290,9 +298,9 @@ def trained_rows(metrics: Path) -> bool:
     return False
 
 
-def inspect(out_dir: Path, config: dict) -> Folder:
+def inspect(out_dir: Path, config: dict, compared: Collection[str] | None = None) -> Folder:
     """What the run with the resolved `config` may do with `out_dir` (see the module docstring);
-    writes nothing, except that force=true moves an earlier run aside."""
+    writes nothing, except that force=true moves an earlier run aside. `compared`: see `differences`."""
     resume, force = config["resume"], config["force"]
     present = [name for name in RUN_FILES if (out_dir / name).exists()]
     if force:
@@ -310,12 +318,15 @@ def inspect(out_dir: Path, config: dict) -> Folder:
     if not resume:
         raise ZOError(f"{where}: resume=true continues it; {start_over(out_dir)}")
     if finished:
-        refuse_if_changed(differences(summary.get("config", {}), config), f"{where} (finished) with", out_dir)
+        refuse_if_changed(
+            differences(summary.get("config", {}), config, compared), f"{where} (finished) with", out_dir
+        )
         return Folder(finished=summary, held_run=True)
     if ckpt.exists():
         header = read_header(ckpt)
         command = resume_command(out_dir, header["config"].get("overrides", []))
-        refuse_if_changed(differences(header["config"], config), f"{ckpt} was written with", out_dir, command)
+        changed = differences(header["config"], config, compared)
+        refuse_if_changed(changed, f"{ckpt} was written with", out_dir, command)
         return Folder(header=header, held_run=True)
     if (out_dir / LEGACY).exists():
         raise ZOError(

@@ -245,6 +245,10 @@ SECTIONS: dict[str, type] = {
     "save": SaveConfig,
 }
 IGNORED = {"hydra"}  # present when a test composes with return_hydra_config
+# The top-level keys a run's settings live in. Anything else at the top is a lookup table that an
+# interpolation reads (validate refuses the rest), such as a sweep's lr_by_task: what the table picks
+# is in the key that reads it (optimizer.lr), so a resume compares these keys and not the tables.
+SCHEMA_KEYS = frozenset({"optimizer", *SECTIONS, *(f.name for f in dataclasses.fields(TopConfig))})
 
 
 def validate(cfg: DictConfig) -> None:
@@ -253,10 +257,10 @@ def validate(cfg: DictConfig) -> None:
     for name, schema in SECTIONS.items():
         section(schema, values(cfg, name), name)
     flags = {f.name for f in dataclasses.fields(TopConfig)}
-    known = {"optimizer", *SECTIONS, *flags}
-    unknown = sorted(k for k in set(cfg) - known - IGNORED if not interpolated(cfg, k))
+    unknown = sorted(k for k in set(cfg) - SCHEMA_KEYS - IGNORED if not interpolated(cfg, k))
     if unknown:
-        raise ConfigError(f"{unknown[0]} is not a key of the config; its keys: {', '.join(sorted(known))}")
+        keys = ", ".join(sorted(SCHEMA_KEYS))
+        raise ConfigError(f"{unknown[0]} is not a key of the config; its keys: {keys}")
     section(TopConfig, values(OmegaConf.masked_copy(cfg, sorted(flags & set(cfg)))), "")
 
 

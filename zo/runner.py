@@ -34,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 from data import Request, TaskData, build_task, load_task_data
 from data.readers import decoding
 from zo import ZOError, checkpoint
-from zo.config import model_config, optim_config, schedule_config, values
+from zo.config import SCHEMA_KEYS, model_config, optim_config, schedule_config, values
 from zo.distributed import Ranks, ranks_from_env, sharded_mean, sharded_scores
 from zo.distributed import check as check_shards
 from zo.models import load_model, save_model
@@ -237,7 +237,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
 
 def train(cfg: DictConfig, out_dir: Path, ranks: Ranks, device: torch.device) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
-    folder = checkpoint.inspect(out_dir, OmegaConf.to_container(cfg, resolve=True))  # or refuses
+    folder = checkpoint.inspect(out_dir, OmegaConf.to_container(cfg, resolve=True), SCHEMA_KEYS)  # or refuses
     if ranks.world > 1 and cfg.model.device_map is not None:
         raise ZOError("model.device_map under torchrun is not supported: each rank holds the whole model on "
                       "its own GPU; drop model.device_map or run one process")  # fmt: skip
