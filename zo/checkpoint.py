@@ -268,10 +268,10 @@ def flat_keys(tree: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def differences(saved: dict, current: dict, compared: Collection[str] | None = None) -> list[str]:
+def differences(saved: dict, current: dict, compared: Collection[str]) -> list[str]:
     """`key=saved (now current)` for every trajectory-changing key whose value differs.
 
-    `compared`: the top-level keys to compare (None: all). The runner passes the schema's
+    `compared`: the top-level keys to compare. The runner passes the schema's
     (`zo.config.SCHEMA_KEYS`), so a sweep may fill in its lookup table (`lr_by_task`) while its
     runs are paused: what a run took from the table is in the key that read it, which is compared.
     """
@@ -281,7 +281,7 @@ def differences(saved: dict, current: dict, compared: Collection[str] | None = N
         f"{key}={old.get(key, missing)} (now {new.get(key, missing)})"
         for key in sorted(old.keys() | new.keys())
         if not key.startswith(FREE)
-        and (compared is None or key.split(".", 1)[0] in compared)
+        and key.split(".", 1)[0] in compared
         and old.get(key, missing) != new.get(key, missing)
     ]
 
@@ -298,7 +298,7 @@ def trained_rows(metrics: Path) -> bool:
     return False
 
 
-def inspect(out_dir: Path, config: dict, compared: Collection[str] | None = None) -> Folder:
+def inspect(out_dir: Path, config: dict, compared: Collection[str]) -> Folder:
     """What the run with the resolved `config` may do with `out_dir` (see the module docstring);
     writes nothing, except that force=true moves an earlier run aside. `compared`: see `differences`."""
     resume, force = config["resume"], config["force"]

@@ -248,7 +248,8 @@ IGNORED = {"hydra"}  # present when a test composes with return_hydra_config
 # The top-level keys a run's settings live in. Anything else at the top is a lookup table that an
 # interpolation reads (validate refuses the rest), such as a sweep's lr_by_task: what the table picks
 # is in the key that reads it (optimizer.lr), so a resume compares these keys and not the tables.
-SCHEMA_KEYS = frozenset({"optimizer", *SECTIONS, *(f.name for f in dataclasses.fields(TopConfig))})
+FLAGS = frozenset(f.name for f in dataclasses.fields(TopConfig))
+SCHEMA_KEYS = frozenset({"optimizer", *SECTIONS, *FLAGS})
 
 
 def validate(cfg: DictConfig) -> None:
@@ -256,12 +257,11 @@ def validate(cfg: DictConfig) -> None:
     optim_config(cfg)
     for name, schema in SECTIONS.items():
         section(schema, values(cfg, name), name)
-    flags = {f.name for f in dataclasses.fields(TopConfig)}
     unknown = sorted(k for k in set(cfg) - SCHEMA_KEYS - IGNORED if not interpolated(cfg, k))
     if unknown:
         keys = ", ".join(sorted(SCHEMA_KEYS))
         raise ConfigError(f"{unknown[0]} is not a key of the config; its keys: {keys}")
-    section(TopConfig, values(OmegaConf.masked_copy(cfg, sorted(flags & set(cfg)))), "")
+    section(TopConfig, values(OmegaConf.masked_copy(cfg, sorted(FLAGS & set(cfg)))), "")
 
 
 def interpolated(cfg: DictConfig, key: str) -> bool:
