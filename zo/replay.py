@@ -14,16 +14,34 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from torch import nn
 
 from zo import ZOError
 from zo.trajectory import read
 
+if TYPE_CHECKING:  # omegaconf is imported lazily: the GPU image may lack it
+    from omegaconf import DictConfig
 
-def rebuild(run_dir: Path, upto: int | None = None) -> tuple[nn.Module, object | None, int]:
-    """The model after the logged steps (all, or those ≤ upto), its tokenizer, and the last step."""
+
+@dataclass
+class Start:
+    """A logged run's pieces as its config.yaml builds them, at step 0, with the log to walk."""
+
+    cfg: DictConfig
+    task: object
+    model: nn.Module
+    tokenizer: object | None
+    optimizer: object
+    schedule: object
+    records: list
+
+
+def start_of(run_dir: Path) -> Start:
+    """Build the run in `run_dir` afresh (zo.runner.build_run) and check its log belongs to it."""
     from omegaconf import OmegaConf
 
     from data import build_task
@@ -32,21 +50,29 @@ def rebuild(run_dir: Path, upto: int | None = None) -> tuple[nn.Module, object |
 
     header, records = read(run_dir)
     cfg = OmegaConf.load(run_dir / "config.yaml")
-    model, tokenizer, optimizer, schedule = build_run(cfg, build_task(cfg.task.name, values(cfg, "task")))
+    task = build_task(cfg.task.name, values(cfg, "task"))
+    model, tokenizer, optimizer, schedule = build_run(cfg, task)
     if (optimizer.name, optimizer.d) != (header["optimizer"], header["d"]):
         raise ZOError(
             f"{run_dir}: the log is of {header['optimizer']} over {header['d']} parameters, config.yaml "
             f"builds {optimizer.name} over {optimizer.d}: they come from different runs"
         )
-    last = apply(optimizer, records, cfg.optimizer.lr, schedule, upto, str(run_dir))
-    optimizer.close()
-    return model, tokenizer, last
+    return Start(cfg, task, model, tokenizer, optimizer, schedule, records)
 
 
-def apply(optimizer, records: list, lr: float, schedule, upto: int | None, where: str) -> int:
-    """Replay the logged steps (those ≤ upto) on the optimizer's model; returns the last step applied.
-    Also how a run resumes from a log-mode checkpoint (ckpt.mode=log)."""
-    last = 0
+def rebuild(run_dir: Path, upto: int | None = None) -> tuple[nn.Module, object | None, int]:
+    """The model after the logged steps (all, or those ≤ upto), its tokenizer, and the last step."""
+    s = start_of(run_dir)
+    last = apply(s.optimizer, s.records, s.cfg.optimizer.lr, s.schedule, upto, str(run_dir))
+    s.optimizer.close()
+    return s.model, s.tokenizer, last
+
+
+def apply(optimizer, records: list, lr: float, schedule, upto: int | None, where: str, start: int = 0) -> int:
+    """Replay the logged steps (those ≤ upto) on the optimizer's model, which is at step `start`
+    (the records begin at start + 1); returns the last step applied. Also how a run resumes from a
+    log-mode checkpoint (ckpt.mode=log), and how zo.align walks a run."""
+    last = start
     for step, losses in records:
         if upto is not None and step > upto:
             break

@@ -26,6 +26,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -75,24 +76,37 @@ def train_batch(train: list, size: int, seed: int, step: int) -> list:
     return [train[i] for i in batch_indices(len(train), size, seed, step)] if train else []
 
 
+def gradient_of(model, params: list, backward) -> Iterator[torch.Tensor]:
+    """After `backward()` runs, each of `params`' gradients as fp32 (zeros where it got none), one at
+    a time, clearing its .grad as it goes: a caller that streams them holds one fp32 copy at a time."""
+    model.zero_grad(set_to_none=True)
+    with torch.enable_grad():
+        backward()
+    for p in params:
+        yield p.grad.float() if p.grad is not None else torch.zeros_like(p, dtype=torch.float32)
+        p.grad = None
+
+
+def cosine(xs: Iterable[torch.Tensor], ys: Iterable[torch.Tensor]) -> float:
+    """cos(x, y) of two vectors given as matching pieces (0 when either is zero)."""
+    dot = x_sq = y_sq = 0.0
+    for x, y in zip(xs, ys, strict=True):
+        dot += float((x * y).sum())
+        x_sq += float(x.pow(2).sum())
+        y_sq += float(y.pow(2).sum())
+    return dot / math.sqrt(x_sq * y_sq) if x_sq > 0 and y_sq > 0 else 0.0
+
+
 def alignment(model, objective, batch, optimizer) -> dict[str, float]:
-    """cos(v, ∇f) for the optimizer's reference vector v (momentum, or z for MeZO), via one backward.
+    """cos(v, ∇f) for the optimizer's reference vector v (momentum, or z for MeZO), via one backward
+    on the step's batch (`python -m zo.align` measures it against a large fixed sample afterwards).
 
     Costs a parameter-sized gradient buffer plus the activations of one batch:
     roughly training memory for a moment, so it is off by default on large models.
     """
-    model.zero_grad(set_to_none=True)
-    with torch.enable_grad():
-        objective.loss(model, batch).backward()
-    dot = ref_sq = grad_sq = 0.0
-    for i, p in enumerate(optimizer.params):
-        grad = p.grad.float() if p.grad is not None else torch.zeros_like(p, dtype=torch.float32)
-        ref = optimizer.reference_vector(i)
-        dot += float((ref * grad).sum())
-        ref_sq += float(ref.pow(2).sum())
-        grad_sq += float(grad.pow(2).sum())
-        p.grad = None
-    cos = dot / math.sqrt(ref_sq * grad_sq) if ref_sq > 0 and grad_sq > 0 else 0.0
+    grads = gradient_of(model, optimizer.params, lambda: objective.loss(model, batch).backward())
+    refs = (optimizer.reference_vector(i) for i in range(len(optimizer.params)))
+    cos = cosine(refs, grads)
     return {"align_cos": cos, "align_cos2": cos * cos, "inv_d": 1.0 / optimizer.d}
 
 
