@@ -21,9 +21,9 @@ methods without one, whose cos² is 1/d by construction. With ∇f_b = ∇F + no
 cos2_full · batch_full, so a small batch_full hides an aligned momentum.
 
 Rows go to RUN_DIR/alignment_full.jsonl (rewritten by each call; each row as it is measured) and
-to the screen. Memory: the model,
-two fp32 parameter-sized gradients and the activations of one chunk (`--chunk`). Time: one
-backward over `--examples` + one over a batch per row, plus the replay's noise draws.
+to the screen. Memory: the model, two fp32 parameter-sized gradients and the activations of one
+chunk (`--chunk`). Time: one backward over `--examples` + one over a batch per row, plus the
+replay's noise draws.
 """
 
 from __future__ import annotations
@@ -61,11 +61,15 @@ def measure(run_dir: Path, every: int, examples: int, chunk: int) -> Iterator[di
     fixed = [data.train[i] for i in order[:examples].tolist()]  # the quadratic: [], its exact gradient
     params, lr, records = optimizer.params, cfg.optimizer.lr, run.records
     last = records[-1][0] if records else 0
+
+    def whole() -> None:  # the gradient of the mean loss over the fixed sample, in chunks
+        mean_loss(objective, model, fixed, chunk, backward=True)
+
     done = 0
     for step in range(every, last + 1, every):
         done = apply(optimizer, records[done:step], lr, run.schedule, step, str(run_dir), start=done)
         batch = train_batch(data.train, cfg.train.batch_size, cfg.train.seed, step)
-        grad_full = list(gradient_of(model, params, lambda: mean_loss(objective, model, fixed, chunk, True)))
+        grad_full = list(gradient_of(model, params, whole))
         grad_batch = list(gradient_of(model, params, lambda b=batch: objective.loss(model, b).backward()))
         refs = [optimizer.reference_vector(i) for i in range(len(params))]
         yield {
