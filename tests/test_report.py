@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import QUAD, cli
 from zo import report
-from zo.report import Run, collect_runs, curves_data, heatmap_data, runs_table
+from zo.report import ReportError, Run, collect_runs, curves_data, heatmap_data, runs_table
 
 THETAS = (1.2, 1.5)
 BETAS = (0.9, 0.99)
@@ -535,6 +535,64 @@ def test_speedup_on_the_dev_split_where_its_loss_is_logged(tmp_path: Path) -> No
     assert float(rows["conmezo"]["speedup"]) == pytest.approx(100 / 60)
 
 
+def test_speedup_smoothed_over_trailing_evaluations_survives_a_last_bump(tmp_path: Path) -> None:
+    """MeZO's last evaluation jumps back to its step-0 loss (a noisy held-out set): as logged, its
+    target is where every method starts, so nobody is faster; `smooth=3` compares trailing means
+    of three evaluations, the target being MeZO's mean over its last three."""
+    root = tmp_path / "study"
+    for name, speed in (("mezo", 1.0), ("conmezo", 2.0)):
+        for seed in STUDY_SEEDS:
+            folder = root / f"optimizer={name},task=sst2_review,train.seed={seed}"
+            write_run(folder, None, None, seed, extra=("task=sst2_review",), optimizer=name,
+                      task="sst2_review", speed=speed)  # fmt: skip
+            if name == "mezo":
+                rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+                rows[-1]["eval_loss"] = eval_loss(speed, seed, 0)  # the last evaluation is step 100
+                (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    runs = collect_runs(root)
+    raw = {r["optimizer"]: r for r in report.speedup_data(runs, resamples=50)}
+    assert raw["mezo"]["target"] == pytest.approx(2.0) and raw["conmezo"]["steps"] == 0
+    assert raw["conmezo"]["speedup"] is None and raw["conmezo"]["smooth"] == 1
+
+    def trailing(values: list[float]) -> list[float]:
+        return [statistics.fmean(values[i - 2 : i + 1]) for i in range(2, len(values))]
+
+    steps = list(EVAL_STEPS)[2:]  # a window of three needs three evaluations: 40, 60, ..., 100
+
+    def logged(name: str, speed: float, seed: int, step: int) -> float:
+        return eval_loss(speed, seed, 0 if (name == "mezo" and step == STEPS) else step)
+
+    def mean(name: str, speed: float, step: int) -> float:
+        return statistics.fmean(logged(name, speed, seed, step) for seed in STUDY_SEEDS)
+
+    curve = {  # each method's mean-over-seeds curve as logged, then smoothed
+        name: trailing([mean(name, speed, step) for step in EVAL_STEPS])
+        for name, speed in (("mezo", 1.0), ("conmezo", 2.0))
+    }
+    target = curve["mezo"][-1]
+    first = {name: next(s for s, v in zip(steps, c, strict=True) if v <= target) for name, c in curve.items()}
+    assert first == {"mezo": 80, "conmezo": 60}  # MeZO 1.655 ≤ 1.732 at 80; ConMeZO 1.54 at 60
+    smooth = {r["optimizer"]: r for r in report.speedup_data(runs, resamples=50, smooth=3)}
+    assert smooth["mezo"]["target"] == pytest.approx(target) and smooth["conmezo"]["smooth"] == 3
+    assert (smooth["mezo"]["steps"], smooth["conmezo"]["steps"]) == (80, 60)
+    assert smooth["conmezo"]["speedup"] == pytest.approx(80 / 60)
+    assert smooth["conmezo"]["speedup_lo"] <= 80 / 60 <= smooth["conmezo"]["speedup_hi"]
+    for seed in STUDY_SEEDS:  # each seed's own trailing curve against the same target
+        own = trailing([eval_loss(2.0, seed, step) for step in EVAL_STEPS])
+        hit = next((s for s, v in zip(steps, own, strict=True) if v <= target), None)
+        assert smooth["conmezo"][f"steps_seed{seed}"] == hit
+    with pytest.raises(ReportError, match="fewer than --smooth 7"):
+        report.speedup_data(runs, smooth=7)  # six evaluations
+    with pytest.raises(ReportError, match="1 or more"):
+        report.speedup_data(runs, smooth=0)
+    out = tmp_path / "out"
+    assert report.main([str(root), "--out", str(out), "--smooth", "3"]) == 0
+    assert {r["optimizer"]: r["smooth"] for r in read_csv(out / "speedup.csv")} == {
+        "mezo": "3",
+        "conmezo": "3",
+    }
+
+
 def test_study_report_writes_series_curves_and_speedup(study: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "out"
     assert report.main([str(study), "--out", str(out), "--series", "eval_loss", "accuracy"]) == 0
@@ -552,7 +610,8 @@ def test_study_report_writes_series_curves_and_speedup(study: Path, tmp_path: Pa
     ]
     assert [float(p["mean"]) for p in points] == pytest.approx([p["mean"] for p in expected])
     table = read_csv(out / "speedup.csv")
-    assert list(table[0])[:7] == ["panel", "task", "label", "optimizer", "baseline", "series", "target"]
+    head = ["panel", "task", "label", "optimizer", "baseline", "series", "smooth", "target"]
+    assert list(table[0])[:8] == head and {r["smooth"] for r in table} == {"1"}
     assert {"speedup", "speedup_lo", "speedup_hi", "reached", "steps_seed0", "steps_seed2"} <= set(table[0])
     never = next(r for r in table if (r["task"], r["optimizer"]) == ("bbcnews", "conmezo"))
     assert (never["steps"], never["speedup"], never["speedup_lo"]) == ("", "", "")  # blank: not reached

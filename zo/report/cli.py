@@ -60,11 +60,13 @@ def report(
     heatmap_step: int | None = None,
     series: Sequence[str] | None = None,
     baseline: str | None = None,
+    smooth: int = 1,
 ) -> list[Path]:
     """Write every table and figure the runs support (CSV + PNG + SVG); returns the folder's files.
 
     `series`: the evaluated series drawn as curves_<series>.* (None: `default_series`, where logged).
     `baseline`: the optimizer whose final eval loss is speedup.csv's target (None: mezo, where it ran).
+    `smooth`: the speedup's curves are trailing means over this many evaluations (`zo.report.speedup`).
     A series or baseline asked for by name that the runs do not have is an error, before anything is written.
     """
     drawn = {name: series_data(runs, [name]) for name in series or default_series(runs)}
@@ -72,10 +74,12 @@ def report(
         raise ReportError(
             f"no run evaluated {', '.join(missing)}; evaluations log: {', '.join(evaluated(runs))}"
         )
-    speedups = speedup_data(runs, baseline or "mezo")
+    speedups = speedup_data(runs, baseline or "mezo", smooth=smooth)
     # The same on the dev split where it was scored: a task whose dev split is drawn from its train
     # set (SST-2's) can show progress on dev that its test split shows late or not at all.
-    dev_speedups = speedup_data(runs, baseline or "mezo", series="dev_eval_loss") if speedups else []
+    dev_speedups = (
+        speedup_data(runs, baseline or "mezo", series="dev_eval_loss", smooth=smooth) if speedups else []
+    )
     if baseline and not speedups:
         raise ReportError(
             f"no finished {baseline} run with an eval_loss: nothing sets the target of speedup.csv"
@@ -111,8 +115,10 @@ def report(
             write_csv(out / name, table)
             seeds = [k for k in dict.fromkeys(k for r in table for k in r) if k.startswith("steps_seed")]
             head = table[0]
+            window = f", trailing means of {smooth} evaluations" if smooth > 1 else ""
             title = (
-                f"steps to {head['baseline']}'s final {head['series']}; speedup with a 95% bootstrap interval"
+                f"steps to {head['baseline']}'s final {head['series']}{window}; "
+                "speedup with a 95% bootstrap interval"
             )
             print_table(table, [*SPEEDUP_COLUMNS, *seeds], title)
     for fig in figures:
@@ -148,6 +154,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--series", nargs="+", metavar="NAME", help=series)
     baseline = "optimizer whose final eval_loss is speedup.csv's target (default: mezo, where it ran)"
     add("--baseline", metavar="OPTIMIZER", help=baseline)
+    smooth = (
+        "speedup on trailing means of K evaluations, the target too (default 1: the evaluations as logged)"
+    )
+    add("--smooth", type=int, default=1, metavar="K", help=smooth)
     add(
         "--table",
         action="store_true",
@@ -176,7 +186,14 @@ def main(argv: list[str] | None = None) -> int:
             written = table_only(runs, args.out)
         else:
             written = report(
-                runs, args.out, args.step, args.target, args.heatmap_step, args.series, args.baseline
+                runs,
+                args.out,
+                args.step,
+                args.target,
+                args.heatmap_step,
+                args.series,
+                args.baseline,
+                args.smooth,
             )
     except ReportError as err:
         print(f"error: {err}", file=sys.stderr)
