@@ -510,16 +510,23 @@ def test_alignment_has_a_panel_and_a_1_over_d_per_task(study: Path, tmp_path: Pa
         assert list(random.get_ydata()) == [INV_D[ax.get_title().removeprefix("task=")]] * 2
 
 
+def mezo_and_conmezo(root: Path, speed_key: str) -> list[Path]:
+    """MeZO at speed 1 and ConMeZO at speed 2 on `sst2_review` × 3 seeds under `root`, the speed
+    being `speed_key`'s (`speed`: the test eval loss, `dev_speed`: the dev one); MeZO's folders."""
+    for name, speed in (("mezo", 1.0), ("conmezo", 2.0)):
+        for seed in STUDY_SEEDS:
+            folder = root / f"optimizer={name},task=sst2_review,train.seed={seed}"
+            write_run(folder, None, None, seed, extra=("task=sst2_review",), optimizer=name,
+                      task="sst2_review", **{speed_key: speed})  # fmt: skip
+    return [root / f"optimizer=mezo,task=sst2_review,train.seed={seed}" for seed in STUDY_SEEDS]
+
+
 def test_speedup_on_the_dev_split_where_its_loss_is_logged(tmp_path: Path) -> None:
     """Test losses that fall alike and dev losses where ConMeZO's falls twice as fast: speedup.csv
     says 1, speedup_dev.csv says 100/60 (the first evaluation at or below MeZO's final mean, 1.45,
     on 2 − 2 · 0.00575 · step is step 60); a study without dev losses writes no speedup_dev.csv."""
     root = tmp_path / "study"
-    for name, dev_speed in (("mezo", 1.0), ("conmezo", 2.0)):
-        for seed in STUDY_SEEDS:
-            folder = root / f"optimizer={name},task=sst2_review,train.seed={seed}"
-            write_run(folder, None, None, seed, extra=("task=sst2_review",), optimizer=name,
-                      task="sst2_review", dev_speed=dev_speed)  # fmt: skip
+    mezo_and_conmezo(root, "dev_speed")
     runs = collect_runs(root)
     test = {r["optimizer"]: r for r in report.speedup_data(runs)}
     dev = {r["optimizer"]: r for r in report.speedup_data(runs, series="dev_eval_loss")}
@@ -540,15 +547,10 @@ def test_speedup_smoothed_over_trailing_evaluations_survives_a_last_bump(tmp_pat
     target is where every method starts, so nobody is faster; `smooth=3` compares trailing means
     of three evaluations, the target being MeZO's mean over its last three."""
     root = tmp_path / "study"
-    for name, speed in (("mezo", 1.0), ("conmezo", 2.0)):
-        for seed in STUDY_SEEDS:
-            folder = root / f"optimizer={name},task=sst2_review,train.seed={seed}"
-            write_run(folder, None, None, seed, extra=("task=sst2_review",), optimizer=name,
-                      task="sst2_review", speed=speed)  # fmt: skip
-            if name == "mezo":
-                rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
-                rows[-1]["eval_loss"] = eval_loss(speed, seed, 0)  # the last evaluation is step 100
-                (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for seed, folder in zip(STUDY_SEEDS, mezo_and_conmezo(root, "speed"), strict=True):
+        rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+        rows[-1]["eval_loss"] = eval_loss(1.0, seed, 0)  # the last evaluation, step 100
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     runs = collect_runs(root)
     raw = {r["optimizer"]: r for r in report.speedup_data(runs, resamples=50)}
     assert raw["mezo"]["target"] == pytest.approx(2.0) and raw["conmezo"]["steps"] == 0
