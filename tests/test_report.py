@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -540,6 +541,29 @@ def test_speedup_on_the_dev_split_where_its_loss_is_logged(tmp_path: Path) -> No
     assert report.main([str(root), "--out", str(out)]) == 0
     rows = {r["optimizer"]: r for r in read_csv(out / "speedup_dev.csv")}
     assert float(rows["conmezo"]["speedup"]) == pytest.approx(100 / 60)
+
+
+def test_finished_reports_a_running_sweep_on_its_finished_seeds(tmp_path: Path) -> None:
+    """ConMeZO's seed 2 still at step 40 cuts ConMeZO's mean curve at step 40, before it reaches
+    MeZO's target, so it reads as not reached; `--finished` leaves that seed out: seeds 0 and 1 at
+    speed 2 fall 2 · 0.0045 a step, first at or below 1.45 at step 80, 100/80. A sweep with no
+    finished run is a one-line error."""
+    root = tmp_path / "study"
+    mezo_and_conmezo(root, "speed")
+    running = root / "optimizer=conmezo,task=sst2_review,train.seed=2"
+    shutil.rmtree(running)
+    write_run(running, None, None, 2, last=40, extra=("task=sst2_review",), optimizer="conmezo",
+              task="sst2_review", speed=2.0)  # fmt: skip
+    for flags, steps, evaluated_to in (([], None, 40), (["--finished"], 80, STEPS)):
+        out = tmp_path / f"out{len(flags)}"
+        assert report.main([str(root), "--out", str(out), *flags]) == 0
+        rows = {r["optimizer"]: r for r in read_csv(out / "speedup.csv")}
+        assert rows["conmezo"]["steps"] == (str(steps) if steps else ""), flags
+        assert int(rows["conmezo"]["evaluated_to"]) == evaluated_to
+        assert len(read_csv(out / "runs.csv")) == 6 - len(flags)
+    assert float(rows["conmezo"]["speedup"]) == pytest.approx(100 / 80)
+    with pytest.raises(ReportError, match=r"none of the 1 runs has finished \(statuses: running\)"):
+        report.finished_only([r for r in collect_runs(root) if r.status == "running"])
 
 
 def test_speedup_smoothed_over_trailing_evaluations_survives_a_last_bump(tmp_path: Path) -> None:

@@ -20,6 +20,9 @@ Reads every run folder under the sweep (or a W&B project with --from-wandb) and 
                      tasks, mean ± std over seeds of each run's test score at its best dev step
                      (else its final score), as Markdown and LaTeX (`zo.report.table`)
 
+`--finished` reports on the finished runs only: on a sweep still running, a seed that is not done
+would cut its method's mean curves (and speedup) short at its last evaluation.
+
 Every figure has a panel per setting other than optimizer, θ and β (a panel per task in a
 task × optimizer study, like the convergence sweep) and a line per optimizer setting.
 
@@ -42,7 +45,7 @@ from zo.report.numbers import (
     write_csv,
 )
 from zo.report.plots import plot_alignment, plot_curves, plot_heatmaps
-from zo.report.runs import ReportError, Run, collect_runs, load_run, wandb_runs
+from zo.report.runs import ReportError, Run, collect_runs, finished_only, load_run, wandb_runs
 from zo.report.speedup import speedup_data
 
 __all__ = [
@@ -51,6 +54,7 @@ __all__ = [
     "alignment_data",
     "collect_runs",
     "curves_data",
+    "finished_only",
     "heatmap_data",
     "load_run",
     "main",

@@ -20,7 +20,7 @@ from zo.report.numbers import (
     write_csv,
 )
 from zo.report.plots import plot_alignment, plot_curves, plot_heatmaps, pyplot
-from zo.report.runs import DEFAULT_STEPS, ReportError, Run, collect_runs, wandb_runs
+from zo.report.runs import DEFAULT_STEPS, ReportError, Run, collect_runs, finished_only, wandb_runs
 from zo.report.speedup import speedup_data
 from zo.report.table import markdown, paper_table, write_table
 
@@ -158,6 +158,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "speedup on trailing means of K evaluations, the target too (default 1: the evaluations as logged)"
     )
     add("--smooth", type=int, default=1, metavar="K", help=smooth)
+    finished = "only the runs that finished: a sweep still running, reported on its finished seeds"
+    add("--finished", action="store_true", help=finished)
     add(
         "--table",
         action="store_true",
@@ -182,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
             runs = wandb_runs(args.from_wandb, args.wandb_filters, args.metric)
         else:
             runs = collect_runs(args.sweep_dir, args.metric)
+        if args.finished:
+            runs = finished_only(runs)
         if args.table:
             written = table_only(runs, args.out)
         else:

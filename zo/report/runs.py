@@ -192,6 +192,22 @@ def collect_runs(sweep_dir: Path, metric: str | None = None) -> list[Run]:
     return [load_run(f, sweep_dir, metric) for f in sorted(folders)]
 
 
+def finished_only(runs: list[Run]) -> list[Run]:
+    """The runs whose summary says "finished": `--finished`, a report on a sweep still running.
+
+    A method's mean curve covers only the steps all of its seeds logged, so one seed still at step
+    300 cuts that method's curves, and its speedup, at step 300; leaving it out reports the seeds
+    that are done on their whole horizon instead.
+    """
+    done = [r for r in runs if r.status == "finished"]
+    if not done:
+        statuses = ", ".join(sorted({r.status for r in runs}))
+        raise ReportError(
+            f"none of the {len(runs)} runs has finished (statuses: {statuses}); drop --finished"
+        )
+    return done
+
+
 def wandb_runs(project: str, filters: dict | None = None, metric: str | None = None) -> list[Run]:
     """The same runs read back from W&B: config, summary, and the full history.
 
