@@ -486,6 +486,19 @@ def test_speedup_bootstrap_interval_holds_the_estimate_and_is_reproducible(study
     assert other[("sst2_review", "conmezo")]["speedup"] == rows[("sst2_review", "conmezo")]["speedup"]
 
 
+def test_speedup_interval_does_not_move_when_the_sweep_grows(study: Path) -> None:
+    """A row's bootstrap draws are its own: the same with or without another task or method beside it."""
+    runs = collect_runs(study)
+    full = {(r["task"], r["optimizer"]): r for r in report.speedup_data(runs)}
+    for task in ("sst2_review", "bbcnews"):  # one of them comes first in the full report
+        for dropped in ("conmezo", "mezo_momentum"):  # conmezo sorts before mezo_momentum
+            part = [r for r in runs if r.get("task.name") == task and r.get("optimizer.name") != dropped]
+            rows = {(r["task"], r["optimizer"]): r for r in report.speedup_data(part)}
+            assert len(rows) == 2
+            for key, row in rows.items():  # the panel's label names the keys that vary: here none
+                assert {**row, "panel": None} == {**full[key], "panel": None}, key
+
+
 def test_speedup_with_one_seed_has_no_spread_and_needs_its_baseline(tmp_path: Path) -> None:
     for name, speed in (("mezo", 1.0), ("conmezo", 2.0), ("mezo_momentum", 1.5)):
         write_run(tmp_path / name, None, None, 2, optimizer=name, speed=speed)  # MeZO ends at 1.25

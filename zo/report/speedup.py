@@ -13,7 +13,9 @@ Its interval is a percentile bootstrap over seeds: each draw resamples the seeds
 the baseline's included, with replacement and recomputes the whole statistic from the drawn seeds,
 the target too (so the baseline always reaches its own target, as in the point estimate). A draw
 where the method never reaches the target gives no ratio; `reached` is the fraction that did, and
-the interval is taken over those. The generator's seed is fixed: a report is reproducible.
+the interval is taken over those. The generator's seed is fixed and each (panel, method) draws
+from its own stream, seeded by its runs' names: a report is reproducible, and a row's interval
+does not move when the sweep is extended by another task or method.
 
 `smooth` = K > 1 replaces every curve (each draw's mean curve, and each seed's own for
 `steps_seed<N>`) by its trailing mean over K evaluations, defined from the K-th evaluation on; the
@@ -25,6 +27,8 @@ causal: a method is there at a step only by what was logged up to it.
 """
 
 from __future__ import annotations
+
+import zlib
 
 import numpy as np
 
@@ -63,6 +67,15 @@ def _first_reach(steps: np.ndarray, curves: np.ndarray, target: np.ndarray) -> n
 def _mean_curves(values: np.ndarray, draws: np.ndarray) -> np.ndarray:
     """Mean curve over the seeds of each draw: draws[b] indexes the seeds (rows) of `values`."""
     return values[draws].mean(axis=1)
+
+
+def _rng(seed: int, runs: list[Run]) -> np.random.Generator:
+    """The bootstrap stream of one method's seeds: a function of its runs' names alone, not of the
+    order panels and methods come in (one shared stream would shift every later row's draws when a
+    task or method is added). Not the panel's label: that names only the keys that vary."""
+    return np.random.default_rng(
+        [seed, *(zlib.crc32(name.encode()) for name in sorted(r.name for r in runs))]
+    )
 
 
 def _number(value: float) -> float | None:
@@ -119,7 +132,6 @@ def speedup_data(
     by_panel: dict[str, list[tuple[str, list[Run]]]] = {}
     for name, panel, members in lines(runs):
         by_panel.setdefault(panel, []).append((name, members))
-    rng = np.random.default_rng(seed)
     rows = []
     for panel, methods in by_panel.items():
         base = [(name, m) for name, m in methods if m[0].get("optimizer.name") == baseline]
@@ -131,7 +143,7 @@ def speedup_data(
         finished = [r for _, m in base for r in m if r.value_at(None, series) is not None]
         if not finished:
             continue
-        ref = _Method(base[0][0], finished, series, rng, resamples, smooth)
+        ref = _Method(base[0][0], finished, series, _rng(seed, finished), resamples, smooth)
         steps, curves = ref.curves()
         if not steps.size:
             raise ReportError(
@@ -141,7 +153,8 @@ def speedup_data(
         targets = curves[:, -1]  # each draw's mean final eval loss (over the last `smooth` evaluations)
         ref_reach = _first_reach(steps, curves, targets)
         others = sorted(((name, m) for name, m in methods if m is not base[0][1]), key=lambda nm: nm[0])
-        for method in [ref, *(_Method(name, m, series, rng, resamples, smooth) for name, m in others)]:
+        rest = (_Method(name, m, series, _rng(seed, m), resamples, smooth) for name, m in others)
+        for method in [ref, *rest]:
             rows.append(_row(panel, baseline, method, targets, ref_reach))
     return rows
 
