@@ -90,12 +90,12 @@ class _Method:
     """One method's seeds in a panel: its table of eval losses and the seed draws (identity first)."""
 
     def __init__(
-        self, name: str, runs: list[Run], series: str, rng: np.random.Generator, resamples: int, smooth: int
+        self, name: str, runs: list[Run], series: str, seed: int, resamples: int, smooth: int
     ) -> None:
         self.name, self.runs, self.series, self.smooth = name, runs, series, smooth
         self.steps, self.values = _table(runs, series)
         n = len(runs)
-        self.draws = np.vstack([np.arange(n), rng.integers(0, n, (resamples, n))])
+        self.draws = np.vstack([np.arange(n), _rng(seed, runs).integers(0, n, (resamples, n))])
 
     def curves(self) -> tuple[np.ndarray, np.ndarray]:
         """(steps, each draw's mean curve), smoothed; no steps where fewer than `smooth` were logged."""
@@ -143,7 +143,7 @@ def speedup_data(
         finished = [r for _, m in base for r in m if r.value_at(None, series) is not None]
         if not finished:
             continue
-        ref = _Method(base[0][0], finished, series, _rng(seed, finished), resamples, smooth)
+        ref = _Method(base[0][0], finished, series, seed, resamples, smooth)
         steps, curves = ref.curves()
         if not steps.size:
             raise ReportError(
@@ -153,8 +153,7 @@ def speedup_data(
         targets = curves[:, -1]  # each draw's mean final eval loss (over the last `smooth` evaluations)
         ref_reach = _first_reach(steps, curves, targets)
         others = sorted(((name, m) for name, m in methods if m is not base[0][1]), key=lambda nm: nm[0])
-        rest = (_Method(name, m, series, _rng(seed, m), resamples, smooth) for name, m in others)
-        for method in [ref, *rest]:
+        for method in [ref, *(_Method(name, m, series, seed, resamples, smooth) for name, m in others)]:
             rows.append(_row(panel, baseline, method, targets, ref_reach))
     return rows
 
