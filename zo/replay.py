@@ -41,12 +41,12 @@ class Start:
 
 
 def start_of(run_dir: Path) -> Start:
-    """Build the run in `run_dir` afresh (zo.runner.build_run) and check its log belongs to it."""
+    """Build the run in `run_dir` afresh (zo.build.build_run) and check its log belongs to it."""
     from omegaconf import OmegaConf
 
     from data import build_task
+    from zo.build import build_run
     from zo.config import values
-    from zo.runner import build_run
 
     header, records = read(run_dir)
     cfg = OmegaConf.load(run_dir / "config.yaml")

@@ -35,17 +35,16 @@ from omegaconf import DictConfig, OmegaConf
 from data import Request, TaskData, build_task, load_task_data
 from data.readers import decoding
 from zo import ZOError, checkpoint
-from zo.config import SCHEMA_KEYS, model_config, optim_config, schedule_config, values
+from zo.build import build_run, trajectory_header
+from zo.config import SCHEMA_KEYS, model_config, values
 from zo.distributed import Ranks, ranks_from_env, sharded_mean, sharded_scores
 from zo.distributed import check as check_shards
-from zo.models import load_model, save_model
+from zo.models import origin, save_model
 from zo.noise import mix
 from zo.objective import Objective, batches, build_objective
-from zo.optim import build
 from zo.optim.base import Probe, ZOOptimizer
 from zo.placement import devices_of, pick_device
 from zo.replay import apply
-from zo.schedule import BetaSchedule
 from zo.tracking import RunRecord
 from zo.trajectory import TrajectoryLog
 from zo.trajectory import read as read_trajectory
@@ -211,29 +210,6 @@ def check_precision(optimizer, record: RunRecord, cfg: DictConfig) -> None:
         )
 
 
-def trajectory_header(cfg: DictConfig, optimizer: ZOOptimizer) -> dict:
-    """What the trajectory log's losses apply to (zo.replay checks it against the run's config)."""
-    m = cfg.model
-    return {"optimizer": optimizer.name, "d": optimizer.d, "model": m.name, "dtype": m.dtype,
-            "trainable": m.trainable, "seed": cfg.train.seed, "steps": cfg.train.steps}  # fmt: skip
-
-
-def build_run(
-    cfg: DictConfig, task, device: torch.device | None = None
-) -> tuple[torch.nn.Module, object, object, BetaSchedule]:
-    """The model, its tokenizer, the optimizer over it and the β schedule, as `cfg` makes them.
-
-    The one place a run's pieces are made, so that a replay (zo.replay) rebuilds exactly the run's:
-    the same train.seed gives the same fresh weights (a head, adapters) and the same noise.
-    """
-    model, tokenizer = load_model(model_config(cfg), task.num_labels, cfg.train.seed, device)
-    model.eval()  # dropout off: f(x+λz) and f(x−λz) must see the same network
-    optimizer = build(model, optim_config(cfg), cfg.train.seed)
-    schedule = BetaSchedule(beta_final=cfg.optimizer.beta, total_steps=cfg.train.steps,
-                            **vars(schedule_config(cfg)))  # fmt: skip
-    return model, tokenizer, optimizer, schedule
-
-
 def run(cfg: DictConfig, out_dir: Path) -> dict:
     """The run of `cfg` in `out_dir`, or, on a data-parallel rank other than 0, in a scratch folder
     (only rank 0 writes the run folder) that is removed however the run ends."""
@@ -267,6 +243,7 @@ def train(cfg: DictConfig, out_dir: Path, ranks: Ranks, device: torch.device) ->
         # ---- build everything -------------------------------------------------------------------
         task = build_task(cfg.task.name, values(cfg, "task"))
         data = load_data(cfg, task)
+        record.summary["model_loaded"] = origin(model_config(cfg))  # refuses a mistyped path first
         model, tokenizer, optimizer, schedule = build_run(cfg, task, device)
         devices = devices_of(model)  # one, or those of a device map (inputs go to the first)
         objective = build_objective(task, cfg.model.kind, tokenizer, cfg.task.max_length, cfg.task.train_loss)

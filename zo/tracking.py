@@ -96,6 +96,10 @@ class WandB:
                 settings=wandb.Settings(console="off", silent=True),
             )
         except Exception as err:  # UsageError without a login, CommError offline, ...: one line
+            # A failed init leaves the process's W&B service half set up, and a later init in the same
+            # process (the next job of a local sweep, the next test) can then hang until its timeout
+            # (wandb issue 9865): tear the service down, so the next init starts a fresh one.
+            wandb.teardown()
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
             raise ZOError(
                 f"W&B could not start with log.wandb={cfg.log.wandb} ({type(err).__name__}: {first}); "
@@ -222,6 +226,7 @@ class RunRecord:
             "config": self.config,
             "data": None,
             "output_dir": str(out_dir),
+            "model_loaded": None,  # the folder or hub id the run loaded (zo.models.origin)
             "model_dir": None,  # the finetuned model's folder (save.model), once written
         }
         self.last_eval: dict | None = saved.get("last_eval")

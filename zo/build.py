@@ -1,0 +1,44 @@
+"""How a run's pieces are made from its config: the model, its tokenizer, the optimizer and the β
+schedule (`build_run`), and what the trajectory log says they were (`trajectory_header`).
+
+Its own module so that both the training loop (zo.runner) and the replay of a logged run
+(zo.replay) build a run the same way, and the imports run one way: runner → replay → build.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from zo.config import model_config, optim_config, schedule_config
+from zo.models import load_model
+from zo.optim import build
+from zo.optim.base import ZOOptimizer
+from zo.schedule import BetaSchedule
+
+if TYPE_CHECKING:  # omegaconf is imported lazily: the GPU image may lack it
+    from omegaconf import DictConfig
+
+
+def trajectory_header(cfg: DictConfig, optimizer: ZOOptimizer) -> dict:
+    """What the trajectory log's losses apply to (zo.replay checks it against the run's config)."""
+    m = cfg.model
+    return {"optimizer": optimizer.name, "d": optimizer.d, "model": m.name, "dtype": m.dtype,
+            "trainable": m.trainable, "seed": cfg.train.seed, "steps": cfg.train.steps}  # fmt: skip
+
+
+def build_run(
+    cfg: DictConfig, task, device: torch.device | None = None
+) -> tuple[torch.nn.Module, object, object, BetaSchedule]:
+    """The model, its tokenizer, the optimizer over it and the β schedule, as `cfg` makes them.
+
+    The one place a run's pieces are made, so that a replay (zo.replay) rebuilds exactly the run's:
+    the same train.seed gives the same fresh weights (a head, adapters) and the same noise.
+    """
+    model, tokenizer = load_model(model_config(cfg), task.num_labels, cfg.train.seed, device)
+    model.eval()  # dropout off: f(x+λz) and f(x−λz) must see the same network
+    optimizer = build(model, optim_config(cfg), cfg.train.seed)
+    schedule = BetaSchedule(beta_final=cfg.optimizer.beta, total_steps=cfg.train.steps,
+                            **vars(schedule_config(cfg)))  # fmt: skip
+    return model, tokenizer, optimizer, schedule
