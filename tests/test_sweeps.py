@@ -82,12 +82,16 @@ def pick(cfg, dotted: str):
     return node
 
 
+STUDIES = ("convergence", "convergence_grid")  # committed under results/ (results/README.md)
+
+
 @pytest.mark.parametrize("name", SWEEPS)
 def test_sweep_grid_settings_and_stable_folders(name: str) -> None:
     grid, settings = SWEEPS[name]
     hydra = compose([f"+sweeps={name}"]).hydra
     assert {k: str(v).split(",") for k, v in hydra.sweeper.params.items()} == grid
-    assert hydra.sweep.dir == f"outputs/sweeps/{name}"
+    home = "results" if name in STUDIES else "outputs/sweeps"  # a committed study's runs, or scratch
+    assert hydra.sweep.dir == f"{home}/{name}"
     assert hydra.sweep.subdir == hydra.job.override_dirname  # a re-run lands in the same job folders
     last_point = [f"{k}={v[-1]}" for k, v in grid.items()]
     cfg = compose([f"+sweeps={name}", *last_point])
@@ -109,9 +113,28 @@ def test_convergence_study_trains_as_classification_and_scores_dev_and_test() ->
     )
     assert (cfg.train.eval_every, cfg.log.align_every, cfg.ckpt.every) == (100, 100, 100)
     assert cfg.optimizer.lr == cfg.lr_by_optimizer.meazo  # no grid for it yet: η follows the optimizer
-    for task in ("sst2_review", "bbcnews"):
+    for task in ("sst2_review", "bbcnews"):  # and the grid's, per task, from conf/tuned
         tuned = compose(["+sweeps=convergence", f"task={task}", "optimizer=conmezo"])
-        assert tuned.optimizer.lr == tuned.lr_by_task[task].conmezo == 3e-5  # and the grid, per task
+        assert tuned.optimizer.lr == tuned.tuned_lr == 3e-5
+
+
+def test_the_tuned_lr_of_a_model_and_task_is_the_default_where_it_was_measured() -> None:
+    """conf/tuned/<model>/<task>/<optimizer>.yaml holds what a grid measured; every run reads it (the
+    default `python launch.py` too), a command-line η wins, and elsewhere the optimizer's own holds."""
+    assert compose([]).optimizer.lr == 3e-5  # SmolLM2 × bbcnews × ConMeZO: convergence_grid's η
+    assert compose(["optimizer=mezo"]).optimizer.lr == 3e-5
+    assert compose(["optimizer.lr=1e-4"]).optimizer.lr == 1e-4
+    validate(compose(["optimizer.lr=1e-4"]))  # tuned_lr, then unread, is still a known key
+    assert compose(["optimizer=loren"]).optimizer.lr == compose(["optimizer=loren", "task=trec"]).optimizer.lr
+    assert compose(["task=trec"]).optimizer.lr == 1e-6  # not measured: conf/optimizer/conmezo.yaml's
+    tuned = sorted(
+        p.relative_to(ROOT / "conf" / "tuned").as_posix() for p in (ROOT / "conf" / "tuned").rglob("*.yaml")
+    )
+    assert tuned == [
+        f"smollm2/{t}/{o}.yaml"
+        for t in ("bbcnews", "sst2_review")
+        for o in ("conmezo", "mezo", "mezo_momentum")
+    ]
 
 
 def test_roberta_seed_picks_the_kshot_sample_too() -> None:
@@ -135,6 +158,10 @@ def test_readme_lists_every_sweep_with_its_command() -> None:
     readme = (ROOT / "sweeps" / "README.md").read_text()
     for name in SWEEPS:
         assert f"+sweeps={name}" in readme
+    results = (ROOT / "results" / "README.md").read_text()
+    for name in STUDIES:  # each committed study: what it holds and the command that remakes it
+        assert f"+sweeps={name}" in results and f"results/{name}" in results
+        assert sorted(p.name for p in (ROOT / "results").iterdir() if p.is_dir()) == sorted(STUDIES)
 
 
 COMPARED = ("mezo", "conmezo", "meazo", "zo_adam", "loren", "hizoo", "lozo")

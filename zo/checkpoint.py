@@ -272,7 +272,7 @@ def differences(saved: dict, current: dict, compared: Collection[str]) -> list[s
     """`key=saved (now current)` for every trajectory-changing key whose value differs.
 
     `compared`: the top-level keys to compare. The runner passes the schema's
-    (`zo.config.SCHEMA_KEYS`), so a sweep may fill in its lookup table (`lr_by_task`) while its
+    (`zo.config.SCHEMA_KEYS`), so a sweep may fill in its lookup table (`lr_by_optimizer`) while its
     runs are paused: what a run took from the table is in the key that read it, which is compared.
     """
     old, new = flat_keys(saved), flat_keys(current)

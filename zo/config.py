@@ -244,7 +244,9 @@ SECTIONS: dict[str, type] = {
     "ckpt": CkptConfig,
     "save": SaveConfig,
 }
-IGNORED = {"hydra"}  # present when a test composes with return_hydra_config
+# hydra: present when a test composes with return_hydra_config. tuned_lr: a grid's measured η for the
+# run's model × task × optimizer (conf/tuned), which optimizer.lr reads unless the command line sets it.
+IGNORED = {"hydra", "tuned_lr"}
 # The top-level keys a run's settings live in. Anything else at the top is a lookup table that an
 # interpolation reads (validate refuses the rest), such as a sweep's lr_by_task: what the table picks
 # is in the key that reads it (optimizer.lr), so a resume compares these keys and not the tables.
