@@ -70,3 +70,17 @@ def test_first_order_runs_write_no_log_and_replay_says_so(tmp_path: Path) -> Non
 def test_log_mode_checkpoints_need_a_zo_optimizer(tmp_path: Path) -> None:
     with pytest.raises(ZOError, match="ckpt.mode=log needs a ZO optimizer .*use ckpt.mode=full"):
         run_inprocess([*QUAD, "optimizer=adamw", "train.steps=2", "ckpt.mode=log"], tmp_path)
+
+
+def test_imports_run_one_way_runner_replay_build() -> None:
+    """zo.runner uses zo.replay (a log-mode resume) and both build a run with zo.build; neither zo.replay
+    nor zo.build may import zo.runner back (a cycle made each module half-defined during import)."""
+    import ast
+
+    from tests.conftest import ROOT
+
+    for name in ("replay", "build"):
+        tree = ast.parse((ROOT / "zo" / f"{name}.py").read_text())
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        assert "zo.runner" not in imported, name
