@@ -211,24 +211,29 @@ def check_precision(optimizer, record: RunRecord, cfg: DictConfig) -> None:
         )
 
 
-def trajectory_header(cfg: DictConfig, optimizer: ZOOptimizer) -> dict:
-    """What the trajectory log's losses apply to (zo.replay checks it against the run's config)."""
+def trajectory_header(cfg: DictConfig, optimizer: ZOOptimizer, train_examples: int) -> dict:
+    """What the trajectory log's losses apply to (zo.replay checks it against the run's config), and
+    the training set's size, which a replay cannot learn from config.yaml without loading the data."""
     m = cfg.model
     return {"optimizer": optimizer.name, "d": optimizer.d, "model": m.name, "dtype": m.dtype,
-            "trainable": m.trainable, "seed": cfg.train.seed, "steps": cfg.train.steps}  # fmt: skip
+            "trainable": m.trainable, "seed": cfg.train.seed, "steps": cfg.train.steps,
+            "train_examples": train_examples}  # fmt: skip
 
 
 def build_run(
-    cfg: DictConfig, task, device: torch.device | None = None
+    cfg: DictConfig, task, device: torch.device | None = None, train_examples: int = 0
 ) -> tuple[torch.nn.Module, object, object, BetaSchedule]:
     """The model, its tokenizer, the optimizer over it and the β schedule, as `cfg` makes them.
 
     The one place a run's pieces are made, so that a replay (zo.replay) rebuilds exactly the run's:
-    the same train.seed gives the same fresh weights (a head, adapters) and the same noise.
+    the same train.seed gives the same fresh weights (a head, adapters) and the same noise, and the
+    optimizer learns the training set's size (MeZO-SVRG's annealing counts epochs).
     """
     model, tokenizer = load_model(model_config(cfg), task.num_labels, cfg.train.seed, device)
     model.eval()  # dropout off: f(x+λz) and f(x−λz) must see the same network
     optimizer = build(model, optim_config(cfg), cfg.train.seed)
+    if isinstance(optimizer, ZOOptimizer):
+        optimizer.set_data(train_examples, cfg.train.batch_size)
     schedule = BetaSchedule(beta_final=cfg.optimizer.beta, total_steps=cfg.train.steps,
                             **vars(schedule_config(cfg)))  # fmt: skip
     return model, tokenizer, optimizer, schedule
@@ -267,7 +272,7 @@ def train(cfg: DictConfig, out_dir: Path, ranks: Ranks, device: torch.device) ->
         # ---- build everything -------------------------------------------------------------------
         task = build_task(cfg.task.name, values(cfg, "task"))
         data = load_data(cfg, task)
-        model, tokenizer, optimizer, schedule = build_run(cfg, task, device)
+        model, tokenizer, optimizer, schedule = build_run(cfg, task, device, len(data.train))
         devices = devices_of(model)  # one, or those of a device map (inputs go to the first)
         objective = build_objective(task, cfg.model.kind, tokenizer, cfg.task.max_length, cfg.task.train_loss)
         eval_set = data.test[: cfg.train.eval_samples]
@@ -325,7 +330,9 @@ def train(cfg: DictConfig, out_dir: Path, ranks: Ranks, device: torch.device) ->
         if header.get("mode") == "log":  # rebuild the weights and state from the base model and the log
             apply(optimizer, read_trajectory(out_dir)[1], cfg.optimizer.lr, schedule, start, str(out_dir))
         trajectory = (  # the probes' losses of every step: the run in ~21 bytes a step (zo.replay)
-            TrajectoryLog(out_dir, trajectory_header(cfg, optimizer), start if folder.header else None)
+            TrajectoryLog(
+                out_dir, trajectory_header(cfg, optimizer, len(data.train)), start if folder.header else None
+            )
             if isinstance(optimizer, ZOOptimizer)
             else None  # first-order updates need the gradients
         )
@@ -348,7 +355,9 @@ def train(cfg: DictConfig, out_dir: Path, ranks: Ranks, device: torch.device) ->
             row = {
                 "step": step,
                 "loss": optimizer.logged_loss(losses),
-                "lr": cfg.optimizer.lr,
+                "lr": optimizer.logged_lr(cfg.optimizer.lr)
+                if isinstance(optimizer, ZOOptimizer)
+                else cfg.optimizer.lr,
                 "beta_t": beta,
                 "theta": cfg.optimizer.theta if optimizer.name == "conmezo" else None,
                 "projected_grad": optimizer.projected_grad,
