@@ -32,7 +32,7 @@ def test_replay_rebuilds_the_live_weights_bitwise(name: str, tmp_path: Path, nee
         assert torch.equal(ours[n], p), n
 
 
-def test_replay_rebuilds_svrg_annealing_bitwise(tmp_path: Path, needs_shared) -> None:
+def test_replay_rebuilds_mezo_svrg_annealing_bitwise(tmp_path: Path, needs_shared) -> None:
     """MeZO-SVRG with anneal=true and its epoch from the data (4 examples in batches of 4: one step):
     the log's header carries the training set's size, so the replay re-derives every annealed lr
     (steps 6–8 here, at η 1e-2) and lands on the live weights bitwise."""
@@ -52,7 +52,7 @@ def test_replay_rebuilds_svrg_annealing_bitwise(tmp_path: Path, needs_shared) ->
         assert torch.equal(ours[n], p), n
 
 
-def test_replay_rederives_svrg_annealing_state_on_the_quadratic(
+def test_replay_rederives_mezo_svrg_annealing_state_on_the_quadratic(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The same without data (anneal_every = 1): the replayed optimizer's k, loss window and x are the
