@@ -22,11 +22,16 @@ ZO = [n for n in names() if issubclass(get(n), ZOOptimizer)]
 def test_replay_rebuilds_the_live_weights_bitwise(name: str, tmp_path: Path, needs_shared) -> None:
     args = [*TINY, f"optimizer={name}", "train.steps=4", "task.num_train=16"]
     run_inprocess(args, tmp_path / "run")
+    replay_equals_saved_model(tmp_path / "run", steps=4)
+
+
+def replay_equals_saved_model(run_dir: Path, steps: int) -> None:
+    """The replayed log's weights are bitwise those of the model the live run saved."""
     from transformers import AutoModelForCausalLM
 
-    live = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "model")
-    replayed, _, last = rebuild(tmp_path / "run")
-    assert last == 4
+    live = AutoModelForCausalLM.from_pretrained(run_dir / "model")
+    replayed, _, last = rebuild(run_dir)
+    assert last == steps
     ours = dict(replayed.named_parameters())
     for n, p in live.named_parameters():
         assert torch.equal(ours[n], p), n
@@ -42,14 +47,7 @@ def test_replay_rebuilds_mezo_svrg_annealing_bitwise(tmp_path: Path, needs_share
     assert read(tmp_path / "run")[0]["train_examples"] == 4
     lrs = [r["lr"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "lr" in r]
     assert lrs[4] == 1e-2 and lrs[5] == pytest.approx(2e-3)  # annealed at step 6
-    from transformers import AutoModelForCausalLM
-
-    live = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "model")
-    replayed, _, last = rebuild(tmp_path / "run")
-    assert last == 8
-    ours = dict(replayed.named_parameters())
-    for n, p in live.named_parameters():
-        assert torch.equal(ours[n], p), n
+    replay_equals_saved_model(tmp_path / "run", steps=8)
 
 
 def test_replay_rederives_mezo_svrg_annealing_state_on_the_quadratic(
