@@ -14,8 +14,9 @@ from tests.conftest import QUAD, TINY, read_metrics, run_inprocess
 from zo.optim import names
 
 # The adaptive methods step ~η per coordinate where MeZO steps η·|p|: at QUAD's η = 1e-3 they move f by
-# 9% in 300 steps, at 3e-3 by 22% (MeZO diverges there).
-LR = {"meazo": 3e-3, "zo_adam": 3e-3}
+# 9% in 300 steps, at 3e-3 by 22% (MeZO diverges there). MeZO-SVRG's anchors step 10 η (lr_full_ratio):
+# at η = 1e-3 its η_fb = 1e-2 diverges; at 2e-4 (η_fb 2e-3) f falls by 31%.
+LR = {"meazo": 3e-3, "zo_adam": 3e-3, "mezo_svrg": 2e-4}
 
 
 @pytest.mark.parametrize("name", names())
@@ -58,22 +59,50 @@ def test_resume_after_sigint_equals_uninterrupted(
     """ckpt.mode=log: the checkpoint holds no tensors and the resume replays the trajectory log."""
     args = [*TINY, f"optimizer={name}", "train.steps=6", "train.eval_every=3", *FEWER.get(name, [])]
     whole = uninterrupted(name, args)
-    args = [*args, f"ckpt.mode={mode}"]
+    stop_and_resume([*args, f"ckpt.mode={mode}"], tmp_path / "split", monkeypatch, at=3)
+    assert read_metrics(tmp_path / "split" / "metrics.jsonl") == whole
+
+
+def stop_and_resume(args: list[str], out: Path, monkeypatch: pytest.MonkeyPatch, at: int) -> None:
+    """Run `args` in `out`, stopped by SIGINT during step `at`, then resume it to the end."""
     batch = zo.runner.train_batch
 
-    def interrupted_at_3(train, size, seed, step):
-        if step == 3:
+    def interrupted(train, size, seed, step):
+        if step == at:
             signal.raise_signal(signal.SIGINT)  # the handler asks the loop to stop after this step
         return batch(train, size, seed, step)
 
-    monkeypatch.setattr(zo.runner, "train_batch", interrupted_at_3)
-    stopped = run_inprocess(args, tmp_path / "split")
-    assert stopped["status"] == "interrupted" and stopped["step"] == 3
+    monkeypatch.setattr(zo.runner, "train_batch", interrupted)
+    stopped = run_inprocess(args, out)
+    assert stopped["status"] == "interrupted" and stopped["step"] == at
     monkeypatch.setattr(zo.runner, "train_batch", batch)
-    if mode == "log":
+    if "ckpt.mode=log" in args:
         from zo.checkpoint import NAME
 
-        assert (tmp_path / "split" / NAME).stat().st_size < 20_000  # a header, no weights
-    resumed = run_inprocess(args, tmp_path / "split")
+        assert (out / NAME).stat().st_size < 20_000  # a header, no weights
+    resumed = run_inprocess(args, out)
     assert resumed["status"] == "finished"
+
+
+# MeZO-SVRG's annealing on the quadratic, where an epoch is anneal_every = 1 step (it has no data): at
+# η_mb 1.5e-2 (η_fb 0.15) the loss rises, so both lrs are divided at steps 6, 7 and 8 (the check at step
+# t, from step 6 on, compares step t − 1's logged loss with step t − 3's), after which the loss settles.
+ANNEAL = [*QUAD, "optimizer=mezo_svrg", "optimizer.lr=1.5e-2", "optimizer.anneal=true",
+          "optimizer.anneal_every=1", "optimizer.anneal_min_lr=0", "optimizer.anneal_min_lr_full=0",
+          "train.steps=14", "train.eval_every=5"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "at", [5, 7]
+)  # just before the first anneal (its window spans the stop); between two
+@pytest.mark.parametrize("mode", ["full", "log"])
+def test_resume_with_mezo_svrg_annealing_equals_uninterrupted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, uninterrupted, mode: str, at: int
+) -> None:
+    """The annealed lrs and the loss window are in the state_dict (full), or re-derived from the
+    trajectory log's losses (log): the resumed run logs the same losses and lrs."""
+    whole = uninterrupted("mezo_svrg+anneal", ANNEAL)
+    lrs = {row["step"]: row["lr"] for row in whole if "lr" in row}
+    assert lrs[5] == 1.5e-2 and lrs[6] == pytest.approx(3e-3) and lrs[14] < lrs[7] < lrs[6]  # it annealed
+    stop_and_resume([*ANNEAL, f"ckpt.mode={mode}"], tmp_path / "split", monkeypatch, at=at)
     assert read_metrics(tmp_path / "split" / "metrics.jsonl") == whole

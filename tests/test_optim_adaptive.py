@@ -50,6 +50,42 @@ def test_meazo_worked_example(monkeypatch: pytest.MonkeyPatch, beta: float, expe
     torch.testing.assert_close(model.x.detach(), torch.tensor(expected), rtol=0, atol=1e-6)
 
 
+class Sloped(nn.Module):
+    """f(W) = a·ΣW over a 2×2 matrix (weight decay applies to matrices), in fp64: g = a·Σz exactly."""
+
+    def __init__(self, a: float) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor([[1.0, -2.0], [0.5, -0.25]]))
+        self.a = a
+
+    def forward(self) -> torch.Tensor:
+        return self.a * self.w.double().sum()
+
+
+@pytest.mark.parametrize("slope", [0.0, 1e-6])
+def test_meazo_weight_decay_is_decoupled_from_the_adaptive_step(
+    monkeypatch: pytest.MonkeyPatch, slope: float
+):
+    """x ← x − η_t ĝ − η·wd·x: with v̂ tiny (g = 0: η_t = η/ζ = 1e5; g = 1e-6: η_t ≈ 1e3) the decay
+    factor is exactly 1 − η·wd on every coordinate that z leaves alone; coupled to η_t it would be
+    1 − 1e5·0.1 < 0 and flip every weight's sign."""
+    inject(monkeypatch, 0, {1: [1.0, 0.0, 0.0, 0.0]})
+    model = Sloped(slope)
+    lr, wd = 1e-3, 0.1
+    keys = {"name": "meazo", "weight_decay": wd, "zeta": 1e-8, "eps": 1e-3, "fused": False}
+    opt = build(model, keys, seed=0)
+    before = model.w.detach().clone()
+    g = zo_step(opt, model, 1, lr=lr, beta=None)
+    assert g == pytest.approx(slope, rel=1e-4, abs=0.0)  # fp32 weights at x ± λz: not exactly a
+    assert lr / (opt.v[0] ** 0.5 + 1e-8) >= 1e3  # η_t: the adaptive step is huge
+    after = model.w.detach()
+    decayed = (1.0 - lr * wd) * before  # the kernel's own op: an fp32 multiply by 1 − η·wd
+    assert torch.equal(after.view(-1)[1:], decayed.view(-1)[1:])  # z = 0 there: decay alone
+    step = lr / (abs(g) + 1e-8) * g  # η_t·g along z = e₀ (√v̂ = |g| after one update; 0 when g = 0)
+    assert float(after[0, 0]) == pytest.approx(float(decayed[0, 0]) - step, rel=1e-6)
+    assert torch.equal(after.sign(), before.sign())
+
+
 def adam_run(monkeypatch: pytest.MonkeyPatch, amsgrad: bool, steps: int) -> tuple[Linear, object]:
     """Doc §4: f = aᵀx with a = (2, 0) gives c = 2 at z = (1, −0.5) and c = 1 at z = (0.5, 1);
     step 3 (z = (0.1, 1), c = 0.2) lowers v in the first coordinate only."""

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+import zo
 import zo.optim.base
 import zo.optim.hizoo
 import zo.optim.mezo
@@ -45,7 +46,7 @@ def close_to(seen: list, expected: list) -> None:
 
 def config(name: str, **values) -> OptimConfig:
     """The optimizer's own Config, eager. HiZOO gets a strong α, so that H moves visibly in a few steps;
-    MeZO-SVRG's anchors the tests' lr (1e-2), as its YAML sets lr_full to lr."""
+    MeZO-SVRG's anchors the tests' lr (1e-2) rather than its default 10× lr."""
     own = {"hizoo": {"hessian_smooth": 0.5}, "mezo_svrg": {"lr_full": 1e-2}}[name]
     return get(name).Config(name=name, fused=False, **(own | values))
 
@@ -195,3 +196,103 @@ def test_state_round_trip_continues_exactly(name: str) -> None:
     quadratic_steps(twin, twin_opt, range(4, 8))
     assert torch.equal(model.x, twin.x)
     assert not torch.equal(model.x, weights)
+
+
+def test_svrg_anchor_lr_defaults_to_ten_times_lr() -> None:
+    """η_fb follows the authors (10–100× η_mb): lr_full_ratio × the runner's lr unless lr_full is set,
+    so a sweep over optimizer.lr keeps the ratio (doc §6, note of 2026-12-07)."""
+    cfg = compose(["optimizer=mezo_svrg"]).optimizer
+    assert (cfg.lr, cfg.lr_full, cfg.lr_full_ratio) == (1e-6, None, 10)
+    opt = build(Quadratic(d=4), get("mezo_svrg").Config(name="mezo_svrg", fused=False), seed=0)
+    assert opt.lrs(1e-6) == (1e-6, pytest.approx(1e-5, rel=1e-12))
+    assert opt.lrs(3e-5) == (3e-5, pytest.approx(3e-4, rel=1e-12))
+    fixed = build(Quadratic(d=4), config("mezo_svrg", lr_full=1e-4), seed=0)
+    assert fixed.lrs(3e-5) == (3e-5, 1e-4)
+
+
+# Epoch means of the constructed run (anneal_every = E = 2 steps an epoch), and the steps that anneal:
+# the check at the start of step kE + 1 (k > 4 epochs done) compares epoch k with epoch k − 2.
+EPOCH_MEANS = [1.0, 2.0, 3.0, 4.0, 4.2, 4.1, 5.0, 6.0, 5.1, 5.5, 5.0]
+#  k = 5: 4.2 > 1.05·3   → anneal at step 11       k = 6: 4.1 < 1.05·4   → none at 13
+#  k = 7: 5.0 > 1.05·4.2 → anneal at step 15       k = 8: 6.0 > 1.05·4.1 → anneal at 17
+#  k = 9: 5.1 < 1.05·5   → none (5.1 vs 6 is not compared)
+#  k = 10: 5.5 > 1.05·5.1 = 5.355 against the epoch before, but 5.5 < 1.05·6: none at 21
+#  (epochs 1–4 rise fastest of all, but no check comes before 4 epochs are done)
+ANNEALED_AT = {11: 1, 15: 2, 17: 3}
+
+
+def test_svrg_annealing_fires_on_a_constructed_loss_sequence() -> None:
+    """The reference's rule on logged losses fed through `replay` (losses in, no forwards): both lrs
+    ÷ 5 at the right steps, floors 1e-4 (η_mb) and 1e-3 (η_fb) here, never raised by a floor."""
+    model = Quadratic(d=8)
+    floors = {"anneal_min_lr": 1e-4, "anneal_min_lr_full": 1e-3}
+    opt = build(model, config("mezo_svrg", anneal=True, anneal_every=2, lr_full=None, **floors), seed=0)
+    lr, k, seen = 1e-3, 0, {}
+    expected = {0: (1e-3, 1e-2), 1: (2e-4, 2e-3), 2: (1e-4, 1e-3), 3: (1e-4, 1e-3)}
+    for t in range(1, 2 * len(EPOCH_MEANS) + 1):
+        mean = EPOCH_MEANS[(t - 1) // 2]
+        loss = mean - 0.5 if t % 2 else mean + 0.5  # the epoch's two steps average to its mean
+        opt.replay(t, [loss, loss, 0.0, 0.0], lr, None)  # c = 0: x stays; the probes at x give the loss
+        k = ANNEALED_AT.get(t, k)
+        assert opt.anneals == k, t
+        seen[t] = opt.lrs(lr)
+        assert seen[t] == pytest.approx(expected[k], rel=1e-12), t
+        assert opt.logged_lr(lr) == seen[t][0]
+    assert opt.epochs_done == len(EPOCH_MEANS) - 1  # the last epoch closes at the start of the next
+    assert opt.epoch_means == pytest.approx([6.0, 5.1, 5.5])
+    # A floor never lifts an lr that starts below it; the anchor step moves by the annealed η_fb.
+    assert opt.lrs(1e-5)[0] == 1e-5
+    x = model.x.detach().clone()
+    t = 2 * len(EPOCH_MEANS) + 1  # an anchor step (q = 2: the odd steps)
+    opt.replay(t, [5.0 + 1e-3, 5.0 - 1e-3], lr, None)  # c = 2e-3 / 2ε = 1
+    assert opt.anchor_step == t
+    z = opt.direction(0)
+    torch.testing.assert_close(model.x.detach(), x - 1e-3 * opt.projected_grad * z, rtol=0, atol=1e-7)
+
+
+def test_svrg_annealing_state_round_trips() -> None:
+    """The window, k and the epoch count live in the state_dict: a twin loaded mid-epoch anneals alike."""
+    cfg = config("mezo_svrg", anneal=True, anneal_every=2)
+    losses = [m + d for m in EPOCH_MEANS for d in (-0.5, 0.5)]
+    a = build(Quadratic(d=8), cfg, seed=0)
+    for t in range(1, 10):
+        a.replay(t, [losses[t - 1]] * 4, 1e-3, None)
+    b = build(Quadratic(d=8), cfg, seed=0)
+    b.load_state_dict(copy.deepcopy(a.state_dict()))
+    for opt in (a, b):
+        for t in range(10, len(losses) + 1):
+            opt.replay(t, [losses[t - 1]] * 4, 1e-3, None)
+    assert (a.anneals, a.epochs_done, a.epoch_sum, a.epoch_means) == (
+        b.anneals,
+        b.epochs_done,
+        b.epoch_sum,
+        b.epoch_means,
+    )
+    assert a.anneals == 3
+
+
+def test_svrg_annealing_needs_an_epoch_on_the_quadratic() -> None:
+    opt = build(Quadratic(d=4), config("mezo_svrg", anneal=True), seed=0)
+    with pytest.raises(zo.ZOError, match="set optimizer.anneal_every"):
+        opt.set_data(0, 8)
+    opt.set_data(10, 4)  # a training set of 10 in batches of 4: 3 steps an epoch, as the reference's loader
+    assert opt.epoch_steps == 3
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optimizer.lr_full=-1", "optimizer.lr_full=-1 is invalid: allowed lr_full >= 0, or null"),
+        ("optimizer.lr_full_ratio=0", "optimizer.lr_full_ratio=0 is invalid: allowed lr_full_ratio > 0"),
+        ("optimizer.anneal=maybe", "optimizer.anneal=maybe is invalid: allowed true or false"),
+        ("optimizer.anneal_factor=0.5", "optimizer.anneal_factor=0.5 is invalid: allowed anneal_factor >= 1"),
+        ("optimizer.anneal_every=-1", "optimizer.anneal_every=-1 is invalid: allowed anneal_every >= 0"),
+        ("optimizer.anneal_min_lr=-1", "optimizer.anneal_min_lr=-1 is invalid"),
+        ("optimizer.anneal_min_lr_full=-1", "optimizer.anneal_min_lr_full=-1 is invalid"),
+    ],
+)
+def test_svrg_bad_keys_are_one_line_config_errors(override: str, message: str) -> None:
+    validate(compose(["optimizer=mezo_svrg", "optimizer.anneal=true", "optimizer.lr_full=1e-5"]))
+    with pytest.raises(ConfigError) as err:
+        validate(compose(["optimizer=mezo_svrg", override]))
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)

@@ -75,6 +75,43 @@ def test_doc_example_lozo_m_transition() -> None:
     torch.testing.assert_close(model.w.data, torch.tensor([[1.134, -0.1], [0.29, 0.8]]), rtol=0, atol=1e-6)
 
 
+def test_lozo_m_at_interval_1_keeps_no_matrix_momentum() -> None:
+    """ν = 1: the reference redraws V every step and never stores V_old, so every step sets N = cU
+    (doc §3): after the doc's first step (c₁ = −1, N = (−1, −2)ᵀ), step 2 with U₂ = (1, 0)ᵀ,
+    V₂ = (1, 0)ᵀ at W₁ = [[1.1, −0.1], [0.2, 0.8]] has c₂ = W₁ ⊙ U₂V₂ᵀ summed = 1.1 and N = c₂U₂ =
+    (1.1, 0)ᵀ (decaying it, 0.9 N₁ + 0.1 c₂U₂, would give (−0.79, −1.8)ᵀ); W₂ = W₁ − 0.1 N V₂ᵀ."""
+    model = HalfSquare()
+    opt = lozo(model, rank=1, eps=0.1, lr=0.1, momentum=0.9, interval=1)
+    inject(opt, [1.0, 2.0])
+    opt.V[0].copy_(torch.tensor([[1.0], [-1.0]]))
+    step(opt, model, 1, 0.1)
+    torch.testing.assert_close(opt.N[0], torch.tensor([[-1.0], [-2.0]]), rtol=0, atol=1e-6)
+    inject(opt, [1.0, 0.0], v=[1.0, 0.0])
+    step(opt, model, 2, 0.1)
+    assert not opt.has_old
+    assert opt.projected_grad == pytest.approx(1.1, abs=1e-6)
+    torch.testing.assert_close(opt.N[0], torch.tensor([[1.1], [0.0]]), rtol=0, atol=1e-6)
+    torch.testing.assert_close(model.w.data, torch.tensor([[0.99, -0.1], [0.2, 0.8]]), rtol=0, atol=1e-6)
+
+
+def test_lozo_m_at_interval_1_vectors_keep_their_momentum() -> None:
+    """ν = 1 drops only the matrices' momentum: the vectors' m is still β m + (1−β) c z."""
+    model = TwoLayer(torch.float32)
+    opt = lozo(model, momentum=0.5, interval=1)
+    ms = []
+    for t in (1, 2):
+        opt.begin_step(t)
+        c = opt.estimate([0.3, 0.1] if t == 1 else [0.1, 0.4])
+        previous = opt.vector_m[0].clone()
+        opt.update(0.0, None)
+        run = opt.vector_runs[0]
+        z = normal_at(positions(opt.flat.slice(run)[1], previous.numel(), previous.device), opt.step_seed)
+        ms.append((previous, c, z))
+    (_, c1, z1), (m1, c2, z2) = ms
+    torch.testing.assert_close(m1, c1 * z1)
+    torch.testing.assert_close(opt.vector_m[0], 0.5 * m1 + 0.5 * c2 * z2)
+
+
 @pytest.mark.parametrize("layers", [4, 30])  # 4: the tied head and MLP matrices run in chunks; 30: none
 def test_the_forward_sees_exactly_w_plus_eps_u_vt(layers: int) -> None:
     """Blocks, embedding rows and head chunks: each matrix at W + ε·U Vᵀ, each vector at x + ε z."""
@@ -138,7 +175,7 @@ def test_v_is_redrawn_every_interval_and_v_old_kept_before(interval: int) -> Non
         carried = s % interval == 0 and had_old
         assert carried == (interval > 1 and s > 0 and s % interval == 0)
         n = previous_n @ (opt.V_old[0].T @ opt.V[0]) / width if carried else previous_n
-        beta = 0.5 if s > 0 else 0.0
+        beta = 0.5 if s > 0 and interval > 1 else 0.0  # a redraw with no V_old (all of ν = 1): N = cU
         torch.testing.assert_close(opt.N[0], beta * n + (1 - beta) * c * u)
         stored = interval > 1 and s % interval == interval - 1
         assert opt.has_old == (interval > 1 and s >= interval - 1)

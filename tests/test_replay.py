@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import QUAD, TINY, run_inprocess
+from tests.conftest import QUAD, TINY, read_metrics, run_inprocess
 from zo import ZOError
 from zo.optim import get, names
 from zo.optim.base import ZOOptimizer
-from zo.replay import main, rebuild
+from zo.replay import apply, main, rebuild, start_of
 from zo.trajectory import BIN, read
 
 ZO = [n for n in names() if issubclass(get(n), ZOOptimizer)]
@@ -22,14 +22,58 @@ ZO = [n for n in names() if issubclass(get(n), ZOOptimizer)]
 def test_replay_rebuilds_the_live_weights_bitwise(name: str, tmp_path: Path, needs_shared) -> None:
     args = [*TINY, f"optimizer={name}", "train.steps=4", "task.num_train=16"]
     run_inprocess(args, tmp_path / "run")
+    replay_equals_saved_model(tmp_path / "run", steps=4)
+
+
+def replay_equals_saved_model(run_dir: Path, steps: int) -> None:
+    """The replayed log's weights are bitwise those of the model the live run saved."""
     from transformers import AutoModelForCausalLM
 
-    live = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "model")
-    replayed, _, last = rebuild(tmp_path / "run")
-    assert last == 4
+    live = AutoModelForCausalLM.from_pretrained(run_dir / "model")
+    replayed, _, last = rebuild(run_dir)
+    assert last == steps
     ours = dict(replayed.named_parameters())
     for n, p in live.named_parameters():
         assert torch.equal(ours[n], p), n
+
+
+def test_replay_rebuilds_mezo_svrg_annealing_bitwise(tmp_path: Path, needs_shared) -> None:
+    """MeZO-SVRG with anneal=true and its epoch from the data (4 examples in batches of 4: one step):
+    the log's header carries the training set's size, so the replay re-derives every annealed lr
+    (steps 6–8 here, at η 1e-2) and lands on the live weights bitwise."""
+    args = [*TINY, "optimizer=mezo_svrg", "optimizer.lr=1e-2", "optimizer.anneal=true", "train.steps=8",
+            "task.num_train=4", "optimizer.anneal_min_lr=0", "optimizer.anneal_min_lr_full=0"]  # fmt: skip
+    run_inprocess(args, tmp_path / "run")
+    assert read(tmp_path / "run")[0]["train_examples"] == 4
+    lrs = [r["lr"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "lr" in r]
+    assert lrs[4] == 1e-2 and lrs[5] == pytest.approx(2e-3)  # annealed at step 6
+    replay_equals_saved_model(tmp_path / "run", steps=8)
+
+
+def test_replay_rederives_mezo_svrg_annealing_state_on_the_quadratic(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same without data (anneal_every = 1): the replayed optimizer's k, loss window and x are the
+    live run's, compared directly (the quadratic saves no model folder)."""
+    import zo.runner
+    from tests.test_every_optimizer import ANNEAL
+
+    built: list = []  # the live run's (model, tokenizer, optimizer, schedule)
+    build_run = zo.runner.build_run
+
+    def keep(*args, **kwargs):
+        built.append(build_run(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(zo.runner, "build_run", keep)
+    run_inprocess(ANNEAL, tmp_path)
+    monkeypatch.undo()
+    model, _, live, _ = built[0]
+    s = start_of(tmp_path)
+    assert apply(s.optimizer, s.records, s.cfg.optimizer.lr, s.schedule, None, str(tmp_path)) == 14
+    assert torch.equal(s.model.x, model.x)
+    state = lambda o: (o.anneals, o.epochs_done, o.epoch_sum, o.epoch_means)  # noqa: E731
+    assert state(s.optimizer) == state(live) and live.anneals == 3
 
 
 def test_two_probe_log_is_21_bytes_a_step_and_shows_as_jsonl(tmp_path: Path, capsys) -> None:

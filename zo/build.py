@@ -21,24 +21,29 @@ if TYPE_CHECKING:  # omegaconf is imported lazily: the GPU image may lack it
     from omegaconf import DictConfig
 
 
-def trajectory_header(cfg: DictConfig, optimizer: ZOOptimizer) -> dict:
-    """What the trajectory log's losses apply to (zo.replay checks it against the run's config)."""
+def trajectory_header(cfg: DictConfig, optimizer: ZOOptimizer, train_examples: int) -> dict:
+    """What the trajectory log's losses apply to (zo.replay checks it against the run's config), and
+    the training set's size, which a replay cannot learn from config.yaml without loading the data."""
     m = cfg.model
     return {"optimizer": optimizer.name, "d": optimizer.d, "model": m.name, "dtype": m.dtype,
-            "trainable": m.trainable, "seed": cfg.train.seed, "steps": cfg.train.steps}  # fmt: skip
+            "trainable": m.trainable, "seed": cfg.train.seed, "steps": cfg.train.steps,
+            "train_examples": train_examples}  # fmt: skip
 
 
 def build_run(
-    cfg: DictConfig, task, device: torch.device | None = None
+    cfg: DictConfig, task, device: torch.device | None = None, train_examples: int = 0
 ) -> tuple[torch.nn.Module, object, object, BetaSchedule]:
     """The model, its tokenizer, the optimizer over it and the β schedule, as `cfg` makes them.
 
     The one place a run's pieces are made, so that a replay (zo.replay) rebuilds exactly the run's:
-    the same train.seed gives the same fresh weights (a head, adapters) and the same noise.
+    the same train.seed gives the same fresh weights (a head, adapters) and the same noise, and the
+    optimizer learns the training set's size (MeZO-SVRG's annealing counts epochs).
     """
     model, tokenizer = load_model(model_config(cfg), task.num_labels, cfg.train.seed, device)
     model.eval()  # dropout off: f(x+λz) and f(x−λz) must see the same network
     optimizer = build(model, optim_config(cfg), cfg.train.seed)
+    if isinstance(optimizer, ZOOptimizer):
+        optimizer.set_data(train_examples, cfg.train.batch_size)
     schedule = BetaSchedule(beta_final=cfg.optimizer.beta, total_steps=cfg.train.steps,
                             **vars(schedule_config(cfg)))  # fmt: skip
     return model, tokenizer, optimizer, schedule

@@ -51,7 +51,9 @@ def start_of(run_dir: Path) -> Start:
     header, records = read(run_dir)
     cfg = OmegaConf.load(run_dir / "config.yaml")
     task = build_task(cfg.task.name, values(cfg, "task"))
-    model, tokenizer, optimizer, schedule = build_run(cfg, task)
+    model, tokenizer, optimizer, schedule = build_run(
+        cfg, task, train_examples=header.get("train_examples", 0)
+    )
     if (optimizer.name, optimizer.d) != (header["optimizer"], header["d"]):
         raise ZOError(
             f"{run_dir}: the log is of {header['optimizer']} over {header['d']} parameters, config.yaml "

@@ -244,7 +244,7 @@ def train(cfg: DictConfig, out_dir: Path, ranks: Ranks, device: torch.device) ->
         task = build_task(cfg.task.name, values(cfg, "task"))
         data = load_data(cfg, task)
         record.summary["model_loaded"] = origin(model_config(cfg))  # refuses a mistyped path first
-        model, tokenizer, optimizer, schedule = build_run(cfg, task, device)
+        model, tokenizer, optimizer, schedule = build_run(cfg, task, device, len(data.train))
         devices = devices_of(model)  # one, or those of a device map (inputs go to the first)
         objective = build_objective(task, cfg.model.kind, tokenizer, cfg.task.max_length, cfg.task.train_loss)
         eval_set = data.test[: cfg.train.eval_samples]
@@ -302,7 +302,9 @@ def train(cfg: DictConfig, out_dir: Path, ranks: Ranks, device: torch.device) ->
         if header.get("mode") == "log":  # rebuild the weights and state from the base model and the log
             apply(optimizer, read_trajectory(out_dir)[1], cfg.optimizer.lr, schedule, start, str(out_dir))
         trajectory = (  # the probes' losses of every step: the run in ~21 bytes a step (zo.replay)
-            TrajectoryLog(out_dir, trajectory_header(cfg, optimizer), start if folder.header else None)
+            TrajectoryLog(
+                out_dir, trajectory_header(cfg, optimizer, len(data.train)), start if folder.header else None
+            )
             if isinstance(optimizer, ZOOptimizer)
             else None  # first-order updates need the gradients
         )
@@ -325,7 +327,9 @@ def train(cfg: DictConfig, out_dir: Path, ranks: Ranks, device: torch.device) ->
             row = {
                 "step": step,
                 "loss": optimizer.logged_loss(losses),
-                "lr": cfg.optimizer.lr,
+                "lr": optimizer.logged_lr(cfg.optimizer.lr)
+                if isinstance(optimizer, ZOOptimizer)
+                else cfg.optimizer.lr,
                 "beta_t": beta,
                 "theta": cfg.optimizer.theta if optimizer.name == "conmezo" else None,
                 "projected_grad": optimizer.projected_grad,

@@ -346,6 +346,14 @@ class ZOOptimizer:
         """The training loss a step reports: the mean over its probes."""
         return sum(losses) / len(losses)
 
+    def logged_lr(self, lr: float) -> float:
+        """The lr a step reports, given the runner's: that lr (MeZO-SVRG: its annealed η_mb)."""
+        return lr
+
+    def set_data(self, examples: int, batch_size: int) -> None:
+        """The size of the training set and of a batch, told once before the first step (and before
+        a replay): MeZO-SVRG's annealing counts epochs. The others need neither."""
+
     # ---- directions ---------------------------------------------------------------------------
     def begin_step(self, step: int) -> None:
         """Fix the step's randomness: everything drawn this step is a function of (seed, step)."""

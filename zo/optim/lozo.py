@@ -6,7 +6,7 @@ orthonormalised) is stored and redrawn every ν steps. Vectors (biases, norms) g
 
     c = (f(x + εP) − f(x − εP)) / 2ε
     LOZO:    W ← W − η (c·U Vᵀ + wd·W),   x ← x − η (c z + wd x)       (no 1/r: the official code)
-    LOZO-M:  N ← β N + (1−β) c U  (N = cU at the first step),   W ← W − η (N Vᵀ + wd·W),
+    LOZO-M:  N ← β N + (1−β) c U  (N = cU at a redraw with no V_old),   W ← W − η (N Vᵀ + wd·W),
              vectors m ← β m + (1−β) c z (m = cz at the first step),   x ← x − η (m + wd x)
 
 When V has just been redrawn and an old V is kept, LOZO-M first carries N into the new basis:
@@ -14,8 +14,10 @@ N ← β N V_oldᵀV_new / n + (1−β) c U. V_old ← V is stored on steps with
 
 Step numbering: the reference counts s = 0, 1, …; the runner's step t = 1..T is s = t − 1, so V
 is redrawn at t = 1, ν+1, 2ν+1, … (V at step s is always the one drawn for s − s mod ν, also for
-a run that starts at another step) and V_old is stored at t = ν, 2ν, …. With ν = 1 V is redrawn
-every step and, as in the reference, V_old is never stored, so N just decays: N ← βN + (1−β)cU.
+a run that starts at another step) and V_old is stored at t = ν, 2ν, …. A redraw step with no
+V_old kept sets N = cU, as the first step does. With ν = 1 V is redrawn every step and, as in the
+reference, V_old is never stored, so every step sets N = cU: at ν = 1 the matrices carry no
+momentum (N would otherwise mix U's of unrelated V bases), while the vectors still do (doc §3).
 
 Noise. U's element (i, j) of a matrix whose flat start index is S is the counter-based normal at
 index r·S + r·i + j under a seed mixed from the probe's seed, so any rows of U (a head chunk,
@@ -209,9 +211,11 @@ class LOZO(ZOOptimizer):
         sr, wd = self.cfg.stochastic_rounding, self.cfg.weight_decay
         store = self.kernel(store_rounded)
         momentum = self.beta if self.started else 0.0  # the first step sets N = cU, m = cz
+        redrawn = s % nu == 0  # V was just redrawn: N is carried into its basis, or restarts without V_old
+        n_momentum = 0.0 if redrawn and not self.has_old else momentum  # every step at ν = 1
         for k, mat in enumerate(self.matrices):
             if self.beta > 0.0:
-                self._move_n(k, c, momentum, carry=s % nu == 0 and self.has_old)
+                self._move_n(k, c, n_momentum, carry=redrawn and self.has_old)
             decay = 1.0 - lr * wd if mat.seg.decays else 1.0
             x = self.flat.slice(mat.seg.run())[0]
             for r0, r1 in self._chunks(mat, 0, mat.rows):

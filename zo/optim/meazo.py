@@ -6,8 +6,12 @@
 For Gaussian z, E[(g z_i)²] = g² for every coordinate, so Adam's per-coordinate v would converge
 to this same scalar everywhere: one float of state replaces a parameter-sized buffer, and the
 per-coordinate step is ~η. The direction and the update are MeZO's (n-SPSA with q pairs), with η
-scaled by 1/(√v̂ + ζ); so coupled weight decay is scaled too (x ← x − η_t (ĝ + wd·x), η_t the
-adaptive step).
+scaled by 1/(√v̂ + ζ). Weight decay is decoupled from that scaling, AdamW's way:
+
+    x ← x − η_t ĝ − η·wd·x,   η_t = η/(√v̂ + ζ)
+
+so the decay factor is 1 − η·wd, not 1 − η_t·wd: a tiny v̂ (η_t huge) cannot make it negative and
+flip the weights' signs.
 
 Choices where the source is silent or wrong (doc §5):
 - t in 1 − β^t counts the EMA updates made so far (the page's 1 − β^{t−1} divides by 0 at t = 1).
@@ -141,7 +145,7 @@ class MEAZO(MeZO):
         self.updates[b] += 1
         self.v[b] = ema * self.v[b] + (1.0 - ema) * self.projected_grad**2
         denom = self.rows.norm(self.v[b] / (1.0 - ema ** self.updates[b])) + self.cfg.zeta  # √v̂ + ζ
-        super().update(self.rows.divide(lr, denom), None)
+        self.move(self.rows.divide(lr, denom), lr)  # η_t for the step, η for the decay
 
     def state_dict(self) -> dict:
         return {

@@ -87,7 +87,12 @@ class MeZO(ZOOptimizer):
         return pairs[0][0], pairs[0][1], tuple(pairs[1:])
 
     def update(self, lr: float, beta: float | None) -> None:
+        self.move(lr, lr)
+
+    def move(self, step_lr: float, decay_lr: float) -> None:
+        """x ← (1 − decay_lr·wd)·x − step_lr·(1/q) Σ_k p_k z_k: MeZO's update, whose two lrs are the
+        same η (MEAZO's adaptive step keeps the decay at η)."""
         step = self.kernel(mezo_step)
-        seed, move, others = self.directions(lr)
-        for x, _, start, decay in self.slices(lr):
+        seed, move, others = self.directions(step_lr)
+        for x, _, start, decay in self.slices(decay_lr):
             step(x, start, seed, self.round_seed(1), decay, move, self.cfg.stochastic_rounding, others)
