@@ -51,6 +51,7 @@ import bisect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -75,6 +76,7 @@ class LorenConfig(OptimConfig):
     momentum: float = 0.9  # β₁, heavy-ball momentum of the matrices (fixed, not scheduled)
     sequential: bool = True  # the reference's order: momentum and a move after every probe
     ref_vector_quirk: bool = False  # vectors: the reference's scalar a-gradient on every entry
+    noises: ClassVar[tuple[str, ...]] = ("gaussian",)  # z = S u is not elementwise: no Rademacher
 
     def checks(self) -> dict[str, tuple[bool, str]]:
         return super().checks() | {
