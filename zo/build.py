@@ -24,8 +24,9 @@ if TYPE_CHECKING:  # omegaconf is imported lazily: the GPU image may lack it
 def trajectory_header(cfg: DictConfig, optimizer: ZOOptimizer) -> dict:
     """What the trajectory log's losses apply to (zo.replay checks it against the run's config)."""
     m = cfg.model
-    return {"optimizer": optimizer.name, "d": optimizer.d, "model": m.name, "dtype": m.dtype,
-            "trainable": m.trainable, "seed": cfg.train.seed, "steps": cfg.train.steps}  # fmt: skip
+    return {"optimizer": optimizer.name, "d": optimizer.d, "noise": optimizer.cfg.noise, "model": m.name,
+            "dtype": m.dtype, "trainable": m.trainable, "seed": cfg.train.seed,
+            "steps": cfg.train.steps}  # fmt: skip
 
 
 def build_run(

@@ -366,14 +366,18 @@ class ZOOptimizer:
         """The training loss a step reports: the mean over its probes."""
         return sum(losses) / len(losses)
 
+    def step_metrics(self) -> dict[str, float]:
+        """Numbers of the method's own that each step's metrics row carries (FZOO: skipped steps)."""
+        return {}
+
     # ---- directions ---------------------------------------------------------------------------
     def begin_step(self, step: int) -> None:
         """Fix the step's randomness: everything drawn this step is a function of (seed, step)."""
         self.step_seed = mix(self.seed, step)
 
-    def noise_seed(self) -> int:
-        """Seed of the current probe's direction z_k: z_0 uses the step seed itself."""
-        k = self.probe.k
+    def noise_seed(self, k: int | None = None) -> int:
+        """Seed of this step's direction z_k (default: the current probe's): z_0 uses the step seed itself."""
+        k = self.probe.k if k is None else k
         return self.step_seed if k == 0 else mix(self.step_seed, 0xD12EC7, k)
 
     def round_seed(self, salt: int) -> int:

@@ -81,12 +81,8 @@ class MeZO(ZOOptimizer):
         """(seed of z_0, scale·p_0/q, the same pairs for z_1..z_{q−1}): the update's Σ p_k z_k, scaled."""
         # With one pair p_0 is the projected gradient itself, which a subclass's own `estimate` may set.
         estimates = self.estimates if self.cfg.queries > 1 else [self.projected_grad]
-        q, current = len(estimates), self.probe
-        pairs = []
-        for probe, p in zip(self.probes()[::2], estimates, strict=True):
-            self.probe = probe  # noise_seed() is the one place that says how z_k is seeded
-            pairs.append((self.noise_seed(), scale * p / q))
-        self.probe = current
+        q = len(estimates)
+        pairs = [(self.noise_seed(k), scale * p / q) for k, p in enumerate(estimates)]
         return pairs[0][0], pairs[0][1], tuple(pairs[1:])
 
     def update(self, lr: float, beta: float | None) -> None:
