@@ -91,7 +91,7 @@ class FZOO(ZOOptimizer):
         center, probes = losses[0], losses[1:]
         n, eps = len(probes), self.cfg.eps
         mean = sum(probes) / n
-        sigma = math.sqrt(sum((f - mean) ** 2 for f in probes) / n)
+        sigma = math.sqrt(sum((f - mean) * (f - mean) for f in probes) / n)  # `**` raises on overflow
         denom = n * sigma if self.cfg.form == "code" else eps * n * sigma * math.sqrt(n / (n - 1))
         coef = [(f - center) / denom for f in probes] if sigma > 0.0 else []
         if not (sigma > 0.0 and math.isfinite(sigma) and all(math.isfinite(c) for c in coef)):
