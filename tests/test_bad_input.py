@@ -103,6 +103,10 @@ def stopped_at(monkeypatch: pytest.MonkeyPatch, args: list[str], out: Path, at: 
         ("train.device=tpu", "train.device=tpu is invalid: allowed one of auto, cpu, cuda"),
         ("train.stall_steps=-1", "train.stall_steps=-1 is invalid"),
         ("model.dtype=fp8", "model.dtype=fp8 is invalid: allowed one of fp32, fp16, bf16"),
+        (
+            "optimizer.noise=uniform",
+            "optimizer.noise=uniform is invalid: optimizer conmezo allows gaussian or rademacher",
+        ),
         ("model.d=0", "model.d=0 is invalid"),
         ("data.root=/no/such/folder", "data.root=/no/such/folder is invalid: allowed an existing folder"),
         ("log.align_every=x", "log.align_every=x is invalid: allowed an integer"),

@@ -249,7 +249,7 @@ def test_expected_update_is_preserved(dtype: torch.dtype, fused: bool) -> None:
     n = 4000
     for t in range(n):
         x = torch.ones(n_elems, dtype=dtype)
-        step_kernel(x, 0, noise_seed, t, 1.0, step, True)
+        step_kernel(x, 0, noise_seed, "gaussian", t, 1.0, step, True)
         total += x.double()
     exact = 1.0 - step * z.double()
     # sampling noise: 5σ ≈ 0.025 gap; nearest rounding would err by up to 0.1 gap

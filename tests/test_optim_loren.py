@@ -21,7 +21,7 @@ from zo.optim.base import Probe
 def inject_noise(monkeypatch: pytest.MonkeyPatch, opt, step: int, us: list[torch.Tensor]) -> None:
     """Probe k of `step` draws u_k (a flat vector over all parameters) instead of its seeded noise."""
     opt.begin_step(step)
-    table = {opt.probe_seed(k): u.float() for k, u in enumerate(us)}
+    table = {opt.noise_seed(k): u.float() for k, u in enumerate(us)}
     monkeypatch.setattr(loren, "normal_at", lambda idx, seed: table[seed][idx])
 
 

@@ -25,9 +25,9 @@ def trajectory_header(cfg: DictConfig, optimizer: ZOOptimizer, train_examples: i
     """What the trajectory log's losses apply to (zo.replay checks it against the run's config), and
     the training set's size, which a replay cannot learn from config.yaml without loading the data."""
     m = cfg.model
-    return {"optimizer": optimizer.name, "d": optimizer.d, "model": m.name, "dtype": m.dtype,
-            "trainable": m.trainable, "seed": cfg.train.seed, "steps": cfg.train.steps,
-            "train_examples": train_examples}  # fmt: skip
+    return {"optimizer": optimizer.name, "d": optimizer.d, "noise": optimizer.cfg.noise, "model": m.name,
+            "dtype": m.dtype, "trainable": m.trainable, "seed": cfg.train.seed,
+            "steps": cfg.train.steps, "train_examples": train_examples}  # fmt: skip
 
 
 def build_run(

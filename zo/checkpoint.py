@@ -67,6 +67,9 @@ FREE = (
     "data.root",
     "optimizer.fused",
 )
+# Keys added after runs were saved, with the value such a run used without them: its config lacks the
+# key, and a rerun or resume with that value (the key's default) is the same run.
+ADDED = {"optimizer.noise": "gaussian"}
 _DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
            torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
            torch.bool: "BOOL"}  # fmt: skip
@@ -274,8 +277,9 @@ def differences(saved: dict, current: dict, compared: Collection[str]) -> list[s
     `compared`: the top-level keys to compare. The runner passes the schema's
     (`zo.config.SCHEMA_KEYS`), so a sweep may fill in its lookup table (`lr_by_optimizer`) while its
     runs are paused: what a run took from the table is in the key that read it, which is compared.
+    A key in `ADDED` that the saved config lacks compares as the value its run used.
     """
-    old, new = flat_keys(saved), flat_keys(current)
+    old, new = ADDED | flat_keys(saved), flat_keys(current)
     missing = "(unset)"
     return [
         f"{key}={old.get(key, missing)} (now {new.get(key, missing)})"

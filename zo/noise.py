@@ -10,6 +10,10 @@ consumes it: under torch.compile these functions become part of one pass over th
 weights (C++/OpenMP on CPU, Triton on CUDA) and no z is ever materialised. The
 same integer arithmetic runs eagerly, so the fused and the plain paths give the
 same numbers up to float rounding.
+
+A direction's entries are Gaussian (`normal_at`) or Rademacher (`rademacher_at`, ±1 from one bit of
+the same hash); `noise_at(optimizer.noise)` picks the draw, with the same call shape, so a kernel
+that takes the kind as an argument compiles into one loop either way.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import math
 from collections.abc import Callable
 
 import torch
+
+from zo import ZOError
 
 _MASK64 = (1 << 64) - 1
 EAGER_PIECE = 1 << 20  # op by op (not compiled), draws go in pieces of this many indices
@@ -106,3 +112,25 @@ def normal_at(idx: torch.Tensor, seed: int) -> torch.Tensor:
 def uniform_at(idx: torch.Tensor, seed: int) -> torch.Tensor:
     """Uniform fp32 in [0, 1) at each index (24 bits: exactly representable)."""
     return _unit24(_shr(_hash(idx, seed), 40))
+
+
+@_in_pieces
+def rademacher_at(idx: torch.Tensor, seed: int) -> torch.Tensor:
+    """±1 fp32 at each index, each with probability ½: the top bit of the hash (the int64's sign).
+
+    ‖n‖² = d exactly, so n/√d is a unit vector with no norm to compute."""
+    return 1.0 - 2.0 * (_hash(idx, seed) < 0).float()
+
+
+NOISES = ("gaussian", "rademacher")  # the values of optimizer.noise
+
+
+def noise_at(kind: str) -> Callable[[torch.Tensor, int], torch.Tensor]:
+    """The draw that `optimizer.noise` names, `(idx, seed) -> fp32`: `normal_at` or `rademacher_at`.
+
+    Looked up at call time (not bound once), so a test that swaps `normal_at` here swaps every kernel's."""
+    if kind == "gaussian":
+        return normal_at
+    if kind == "rademacher":
+        return rademacher_at
+    raise ZOError(f"optimizer.noise={kind} is not a noise: one of {', '.join(NOISES)}")

@@ -54,10 +54,12 @@ def start_of(run_dir: Path) -> Start:
     model, tokenizer, optimizer, schedule = build_run(
         cfg, task, train_examples=header.get("train_examples", 0)
     )
-    if (optimizer.name, optimizer.d) != (header["optimizer"], header["d"]):
+    noise = header.get("noise", "gaussian")  # logs written before optimizer.noise existed drew Gaussian z
+    if (optimizer.name, optimizer.d, optimizer.cfg.noise) != (header["optimizer"], header["d"], noise):
         raise ZOError(
-            f"{run_dir}: the log is of {header['optimizer']} over {header['d']} parameters, config.yaml "
-            f"builds {optimizer.name} over {optimizer.d}: they come from different runs"
+            f"{run_dir}: the log is of {header['optimizer']} over {header['d']} parameters with {noise} "
+            f"noise, config.yaml builds {optimizer.name} over {optimizer.d} with {optimizer.cfg.noise}: "
+            "they come from different runs"
         )
     return Start(cfg, task, model, tokenizer, optimizer, schedule, records)
 

@@ -335,6 +335,8 @@ def train(cfg: DictConfig, out_dir: Path, ranks: Ranks, device: torch.device) ->
                 "projected_grad": optimizer.projected_grad,
                 "step_time_s": time.perf_counter() - t0,
             }
+            if isinstance(optimizer, ZOOptimizer):
+                row |= optimizer.step_metrics()
             if cfg.log.align_every and step % cfg.log.align_every == 0:
                 row |= alignment(model, objective, batch, optimizer)
             evaluated = (cfg.train.eval_every and step % cfg.train.eval_every == 0) or step == steps

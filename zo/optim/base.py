@@ -12,10 +12,11 @@ A `Probe` says where one forward looks: at x + scale·λ·z_k (scale 0 is x itse
 on the batch or the whole training set, at the live weights or a snapshot, with or
 without a backward pass. MeZO asks for two; HiZOO three; LOREN K one-sided ones.
 
-The default direction has the form z = a·n + c·m: n ~ N(0, I) regenerated from
-the step seed by flat index (zo.noise), m the optimizer's momentum (c = 0 for
-MeZO). The parameters live in a few flat buffers (zo.flat), so a pass over them
-is one kernel per buffer, fused with the noise draw and the rounding (zo.fused).
+The default direction has the form z = a·n + c·m: n ~ N(0, I) (or Rademacher ±1,
+`optimizer.noise`) regenerated from the step seed by flat index (zo.noise), m the
+optimizer's momentum (c = 0 for MeZO). The parameters live in a few flat buffers
+(zo.flat), so a pass over them is one kernel per buffer, fused with the noise draw
+and the rounding (zo.fused).
 A method whose direction has another shape (low-rank U·Vᵀ, a learned covariance,
 1/√H scaling) overrides `block_weights` (and `embedding_rows`): the one question
 the block hooks ask the optimizer is "what are these weights at x + s·z?".
@@ -54,7 +55,7 @@ from torch import nn
 from zo import Diverged, ZOError
 from zo.flat import FlatParams, Run, Segment, block_limit, blocks
 from zo.fused import kernel
-from zo.noise import mix, normal_at, positions
+from zo.noise import NOISES, mix, noise_at, positions
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 LAYOUT = "flat-v1"  # checkpoints of optimizer state say which layout their buffers follow
@@ -76,6 +77,17 @@ class OptimConfig:
     stochastic_rounding: bool = True  # round low-precision writes stochastically (unbiased)
     fused: bool = True  # torch.compile the passes over the weights (False: same math eagerly, slower)
     queries: int = 1  # probe pairs (or probes) per step, for the methods that take several
+    noise: str = "gaussian"  # gaussian | rademacher: the distribution of each entry of n (zo.noise)
+    noises: ClassVar[tuple[str, ...]] = NOISES  # the kinds of `noise` this method's direction can take
+
+    def __post_init__(self) -> None:
+        """A noise this method cannot draw its direction from is refused however the config is built
+        (zo.config.validate turns the ZOError into a ConfigError)."""
+        if self.noise not in self.noises:
+            raise ZOError(
+                f"optimizer.noise={self.noise} is invalid: optimizer {self.name} allows "
+                + " or ".join(self.noises)
+            )
 
     def checks(self) -> dict[str, tuple[bool, str]]:
         """key -> (value is allowed, what is allowed); `zo.config.validate` reports the first failure.
@@ -114,30 +126,38 @@ TWO_POINT = (Probe(+1.0), Probe(-1.0))
 
 
 def perturbed_at(
-    x: torch.Tensor, m: torch.Tensor | None, idx: torch.Tensor, seed: int, a: float, c: float
+    x: torch.Tensor, m: torch.Tensor | None, idx: torch.Tensor, seed: int, noise: str, a: float, c: float
 ) -> torch.Tensor:
-    """x + a·n + c·m in x's dtype, n the step's noise at flat indices idx (λ and sign folded in a, c)."""
-    z = a * normal_at(idx, seed)
+    """x + a·n + c·m in x's dtype, n the step's noise (of kind `noise`) at flat indices idx (λ and sign
+    folded in a, c)."""
+    z = a * noise_at(noise)(idx, seed)
     if m is not None:
         z = z + c * m.float()
     return (x.float() + z).to(x.dtype)
 
 
 def perturbed(
-    x: torch.Tensor, m: torch.Tensor | None, start: int, seed: int, a: float, c: float
+    x: torch.Tensor, m: torch.Tensor | None, start: int, seed: int, noise: str, a: float, c: float
 ) -> torch.Tensor:
     """`perturbed_at` for a contiguous stretch of the flat vector starting at index start."""
-    return perturbed_at(x, m, index_of(x, start), seed, a, c)
+    return perturbed_at(x, m, index_of(x, start), seed, noise, a, c)
 
 
 def perturbed_rows(
-    rows: torch.Tensor, m: torch.Tensor | None, ids: torch.Tensor, start: int, seed: int, a: float, c: float
+    rows: torch.Tensor,
+    m: torch.Tensor | None,
+    ids: torch.Tensor,
+    start: int,
+    seed: int,
+    noise: str,
+    a: float,
+    c: float,
 ) -> torch.Tensor:
     """Rows `ids` of a perturbed (V, H) matrix, given its unperturbed rows; m is the whole matrix's
     momentum. Element (r, j) has flat index start + r·H + j, as in `perturbed`, so the values agree."""
     width = rows.shape[-1]
     idx = start + ids.unsqueeze(-1) * width + torch.arange(width, device=rows.device)
-    return perturbed_at(rows, None if m is None else m[ids], idx, seed, a, c)
+    return perturbed_at(rows, None if m is None else m[ids], idx, seed, noise, a, c)
 
 
 def index_of(x: torch.Tensor, start: int) -> torch.Tensor:
@@ -354,14 +374,18 @@ class ZOOptimizer:
         """The size of the training set and of a batch, told once before the first step (and before
         a replay): MeZO-SVRG's annealing counts epochs. The others need neither."""
 
+    def step_metrics(self) -> dict[str, float]:
+        """Numbers of the method's own that each step's metrics row carries (FZOO: skipped steps)."""
+        return {}
+
     # ---- directions ---------------------------------------------------------------------------
     def begin_step(self, step: int) -> None:
         """Fix the step's randomness: everything drawn this step is a function of (seed, step)."""
         self.step_seed = mix(self.seed, step)
 
-    def noise_seed(self) -> int:
-        """Seed of the current probe's direction z_k: z_0 uses the step seed itself."""
-        k = self.probe.k
+    def noise_seed(self, k: int | None = None) -> int:
+        """Seed of this step's direction z_k (default: the current probe's): z_0 uses the step seed itself."""
+        k = self.probe.k if k is None else k
         return self.step_seed if k == 0 else mix(self.step_seed, 0xD12EC7, k)
 
     def round_seed(self, salt: int) -> int:
@@ -392,7 +416,8 @@ class ZOOptimizer:
         a, c = self.coefficients()
         m = None if self.rows.is_zero(c) else self.rows.view(self._momentum_slice(run))
         start = self.flat.slice(run)[1]
-        out = self.kernel(perturbed)(self.rows.view(x), m, start, self.noise_seed(), scale * a, scale * c)
+        seed, noise = self.noise_seed(), self.cfg.noise
+        out = self.kernel(perturbed)(self.rows.view(x), m, start, seed, noise, scale * a, scale * c)
         return out.view_as(x)
 
     def embedding_rows(
@@ -403,7 +428,8 @@ class ZOOptimizer:
         run = seg.run()
         m = self._momentum_slice(run).view(seg.param.shape) if c != 0.0 else None
         start = self.flat.slice(run)[1]
-        return self.kernel(perturbed_rows)(rows, m, ids, start, self.noise_seed(), scale * a, scale * c)
+        seed, noise = self.noise_seed(), self.cfg.noise
+        return self.kernel(perturbed_rows)(rows, m, ids, start, seed, noise, scale * a, scale * c)
 
     # ---- perturbation -------------------------------------------------------------------------
     def _install_hooks(self, model: nn.Module, hooked: list[tuple[nn.Module, list[Segment]]]) -> list:

@@ -8,7 +8,8 @@ and the momentum slice whenever needed (a = √d sin θ/‖n‖, c = √d cos θ
 ‖m‖ is computed exactly (the official code estimates it) by a read-only pass over
 the stored m after each update. With `unit_u`, u = n/‖n‖ and ‖n‖ costs one extra pass that
 only draws noise (no memory traffic) per step. Without it, u = n/√d, the paper's
-practical choice (‖u‖ ≈ 1).
+practical choice (‖u‖ ≈ 1). With `optimizer.noise=rademacher` n is ±1, so ‖n‖² = d exactly:
+u = n/√d is exactly unit under either setting, and the extra pass is skipped.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import math
 
 import torch
 
-from zo.noise import normal_at
+from zo.noise import noise_at
 from zo.optim import register
 from zo.optim.base import OptimConfig, ZOOptimizer, index_of
 from zo.rounding import round_to
@@ -28,6 +29,7 @@ def conmezo_step(
     m: torch.Tensor,
     start: int,
     seeds: tuple[int, int, int],
+    noise: str,
     coef: tuple[float, float],
     decay: float,
     proj: float,
@@ -38,7 +40,7 @@ def conmezo_step(
     """x ← decay·x − η p z, m ← β m + (1−β) p z with z = a·n + c·m_old, in one pass."""
     idx = index_of(x, start)
     m_old = m.float()
-    g = proj * (coef[0] * normal_at(idx, seeds[0]) + coef[1] * m_old)
+    g = proj * (coef[0] * noise_at(noise)(idx, seeds[0]) + coef[1] * m_old)
     x.copy_(round_to(decay * x.float() - lr * g, x.dtype, idx, seeds[1], sr))
     m.copy_(round_to(beta * m_old + (1.0 - beta) * g, m.dtype, idx, seeds[2], sr))
 
@@ -50,15 +52,17 @@ def sum_sq(m: torch.Tensor) -> torch.Tensor:
     return m.float().square().sum(-1, keepdim=True)
 
 
-def noise_sq(like: torch.Tensor, start: int, seed: int) -> torch.Tensor:
+def noise_sq(like: torch.Tensor, start: int, seed: int, noise: str) -> torch.Tensor:
     """Σ n² over this stretch of the step's noise (per row; `like` gives only its shape and device)."""
-    return normal_at(index_of(like, start), seed).square().sum(-1, keepdim=True)
+    return noise_at(noise)(index_of(like, start), seed).square().sum(-1, keepdim=True)
 
 
-def fill_noise(m: torch.Tensor, start: int, seed: int, scale: float, round_seed: int, sr: bool) -> None:
+def fill_noise(
+    m: torch.Tensor, start: int, seed: int, noise: str, scale: float, round_seed: int, sr: bool
+) -> None:
     """m ← scale·n."""
     idx = index_of(m, start)
-    m.copy_(round_to(scale * normal_at(idx, seed), m.dtype, idx, round_seed, sr))
+    m.copy_(round_to(scale * noise_at(noise)(idx, seed), m.dtype, idx, round_seed, sr))
 
 
 @register
@@ -75,16 +79,17 @@ class ConMeZO(ZOOptimizer):
         # m_0 = u_0: a random unit vector, drawn from a seed that no step uses.
         self.begin_step(-1)
         self.momentum = self.new_momentum()
-        fill, sr = self.kernel(fill_noise), cfg.stochastic_rounding
+        fill, sr, seed = self.kernel(fill_noise), cfg.stochastic_rounding, self.step_seed
         for buffer, m in zip(self.flat.buffers, self.momentum, strict=True):
-            fill(self.rows.view(m), buffer.offset, self.step_seed, self.u_scale, self.round_seed(2), sr)
+            fill(self.rows.view(m), buffer.offset, seed, cfg.noise, self.u_scale, self.round_seed(2), sr)
         self.m_norm = self._momentum_norm()
 
     def begin_step(self, step: int) -> None:
         super().begin_step(step)
-        if self.cfg.unit_u:  # u = n/‖n‖ needs this step's ‖n‖ before the first perturbed forward
-            norm_sq = self.kernel(noise_sq)
-            parts = (norm_sq(self.rows.view(b.data), b.offset, self.step_seed) for b in self.flat.buffers)
+        # u = n/‖n‖ needs this step's ‖n‖ before the first perturbed forward; a Rademacher n has ‖n‖ = √d.
+        if self.cfg.unit_u and self.cfg.noise != "rademacher":
+            norm_sq, seed, noise = self.kernel(noise_sq), self.step_seed, self.cfg.noise
+            parts = (norm_sq(self.rows.view(b.data), b.offset, seed, noise) for b in self.flat.buffers)
             total = self.rows.total(parts)
             self.u_scale = 1.0 / self.rows.norm(total)  # one host sync, not one per buffer
 
@@ -95,9 +100,9 @@ class ConMeZO(ZOOptimizer):
         assert beta is not None
         seeds = (self.step_seed, self.round_seed(1), self.round_seed(2))
         coef = self.coefficients()  # the old m and ‖m‖: z must be the one the forwards saw
-        step = self.kernel(conmezo_step)
+        step, noise, sr = self.kernel(conmezo_step), self.cfg.noise, self.cfg.stochastic_rounding
         for x, m, start, decay in self.slices(lr):
-            step(x, m, start, seeds, coef, decay, self.projected_grad, lr, beta, self.cfg.stochastic_rounding)
+            step(x, m, start, seeds, noise, coef, decay, self.projected_grad, lr, beta, sr)
         self.m_norm = self._momentum_norm()
         self.rows.require(
             (self.m_norm > 0.0) & (self.m_norm < math.inf),

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from zo.flat import Run, Segment
-from zo.noise import normal_at
+from zo.noise import noise_at
 from zo.optim import register
 from zo.optim.base import DTYPES, OptimConfig, Probe, ZOOptimizer, index_of
 from zo.rounding import round_to
@@ -55,26 +55,28 @@ class HiZOOConfig(OptimConfig):
 
 
 def preconditioned_at(
-    x: torch.Tensor, h: torch.Tensor, idx: torch.Tensor, seed: int, s: float
+    x: torch.Tensor, h: torch.Tensor, idx: torch.Tensor, seed: int, noise: str, s: float
 ) -> torch.Tensor:
-    """x + s·u/√H in x's dtype, u the step's noise at flat indices idx (s = ±ε)."""
-    return (x.float() + s * normal_at(idx, seed) * torch.rsqrt(h.float())).to(x.dtype)
+    """x + s·u/√H in x's dtype, u the step's noise (of kind `noise`) at flat indices idx (s = ±ε)."""
+    return (x.float() + s * noise_at(noise)(idx, seed) * torch.rsqrt(h.float())).to(x.dtype)
 
 
-def preconditioned(x: torch.Tensor, h: torch.Tensor, start: int, seed: int, s: float) -> torch.Tensor:
+def preconditioned(
+    x: torch.Tensor, h: torch.Tensor, start: int, seed: int, noise: str, s: float
+) -> torch.Tensor:
     """`preconditioned_at` over a contiguous stretch of the flat vector starting at index start
     (1-D, or seen as rows)."""
-    return preconditioned_at(x, h, index_of(x, start), seed, s)
+    return preconditioned_at(x, h, index_of(x, start), seed, noise, s)
 
 
 def preconditioned_rows(
-    rows: torch.Tensor, h: torch.Tensor, ids: torch.Tensor, start: int, seed: int, s: float
+    rows: torch.Tensor, h: torch.Tensor, ids: torch.Tensor, start: int, seed: int, noise: str, s: float
 ) -> torch.Tensor:
     """Rows `ids` of a perturbed (V, H) matrix from its unperturbed rows; h is the matrix's whole H.
     Flat indices as in base.perturbed_rows, so an embedding agrees with its tied head."""
     width = rows.shape[-1]
     idx = start + ids.unsqueeze(-1) * width + torch.arange(width, device=rows.device)
-    return preconditioned_at(rows, h[ids], idx, seed, s)
+    return preconditioned_at(rows, h[ids], idx, seed, noise, s)
 
 
 def hizoo_step(
@@ -82,6 +84,7 @@ def hizoo_step(
     h: torch.Tensor,
     start: int,
     seeds: tuple[int, int, int],
+    noise: str,
     decay: float,
     curvature: float,
     alpha: float,
@@ -91,7 +94,7 @@ def hizoo_step(
 ) -> None:
     """H ← H + αH(κu² − 1), then x ← decay·x − η p u/√H_new, in one pass (seeds: noise, x, H rounding)."""
     idx = index_of(x, start)
-    u = normal_at(idx, seeds[0])
+    u = noise_at(noise)(idx, seeds[0])
     h_old = h.float()
     h_new = h_old + alpha * h_old * (curvature * u * u - 1.0)
     x.copy_(round_to(decay * x.float() - (lr * proj) * u * torch.rsqrt(h_new), x.dtype, idx, seeds[1], sr))
@@ -121,7 +124,8 @@ class HiZOO(ZOOptimizer):
 
     def block_weights(self, x: torch.Tensor, run: Run, scale: float) -> torch.Tensor:
         start, h = self.flat.slice(run)[1], self.rows.view(self._hessian_slice(run))
-        return self.kernel(preconditioned)(self.rows.view(x), h, start, self.noise_seed(), scale).view_as(x)
+        seed, noise = self.noise_seed(), self.cfg.noise
+        return self.kernel(preconditioned)(self.rows.view(x), h, start, seed, noise, scale).view_as(x)
 
     def embedding_rows(
         self, rows: torch.Tensor, ids: torch.Tensor, seg: Segment, scale: float
@@ -129,7 +133,7 @@ class HiZOO(ZOOptimizer):
         run = seg.run()
         h = self._hessian_slice(run).view(seg.param.shape)
         start = self.flat.slice(run)[1]
-        return self.kernel(preconditioned_rows)(rows, h, ids, start, self.noise_seed(), scale)
+        return self.kernel(preconditioned_rows)(rows, h, ids, start, self.noise_seed(), self.cfg.noise, scale)
 
     def estimate(self, losses: Sequence[float]) -> float:
         """p = (L₊ − L₋)/2ε, and the curvature along u that the update folds into H."""
@@ -142,10 +146,11 @@ class HiZOO(ZOOptimizer):
     def update(self, lr: float, beta: float | None) -> None:
         seeds = (self.step_seed, self.round_seed(1), self.round_seed(2))
         step, alpha, sr = self.kernel(hizoo_step), self.cfg.hessian_smooth, self.cfg.stochastic_rounding
+        noise = self.cfg.noise
         # slices() walks the update runs in order; H is sliced like x, so it needs the run's buffer.
         for run, (x, _, start, decay) in zip(self._update_runs, self.slices(lr), strict=True):
             h = self.rows.view(self._hessian_slice(run))
-            step(x, h, start, seeds, decay, self.curvature, alpha, self.projected_grad, lr, sr)
+            step(x, h, start, seeds, noise, decay, self.curvature, alpha, self.projected_grad, lr, sr)
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "hessian": self.hessian}

@@ -51,6 +51,7 @@ import bisect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -75,6 +76,7 @@ class LorenConfig(OptimConfig):
     momentum: float = 0.9  # β₁, heavy-ball momentum of the matrices (fixed, not scheduled)
     sequential: bool = True  # the reference's order: momentum and a move after every probe
     ref_vector_quirk: bool = False  # vectors: the reference's scalar a-gradient on every entry
+    noises: ClassVar[tuple[str, ...]] = ("gaussian",)  # z = S u is not elementwise: no Rademacher
 
     def checks(self) -> dict[str, tuple[bool, str]]:
         return super().checks() | {
@@ -257,14 +259,6 @@ class Loren(ZOOptimizer):
         super().begin_step(step)
         self._g.clear()
 
-    def probe_seed(self, k: int) -> int:
-        """The noise seed of probe k, as `noise_seed` gives it during that probe's forward."""
-        current, self.probe = self.probe, self._probes[k]
-        try:
-            return self.noise_seed()
-        finally:
-            self.probe = current
-
     # ---- directions -------------------------------------------------------------------------------
     def _block(self, i: int) -> tuple[torch.Tensor, int]:
         """Tensor i's live weights as (rows, n), and the flat index of its first element."""
@@ -277,7 +271,7 @@ class Loren(ZOOptimizer):
         if (k, i) not in self._g:
             like, start = self._block(i)
             colsum, self._g[k, i] = self.kernel(probe_terms)(
-                like, start, self.probe_seed(k), self.a[i], self.cfg.damping
+                like, start, self.noise_seed(k), self.a[i], self.cfg.damping
             )
             self._colsums[i][k] = colsum
         return self._g[k, i]
@@ -325,7 +319,7 @@ class Loren(ZOOptimizer):
     def update(self, lr: float, beta: float | None) -> None:
         cfg = self.cfg
         K = len(self._probes)
-        seeds = tuple(self.probe_seed(k) for k in range(K))
+        seeds = tuple(self.noise_seed(k) for k in range(K))
         rounds = (self.round_seed(1), self.round_seed(2))
         omega = tuple(c * cfg.eps**3 for c in self._coef)  # w_k ε²/(K−1)
         cov, step = self.kernel(covariance_pass), self.kernel(loren_step)

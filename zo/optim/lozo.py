@@ -36,6 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -58,6 +59,7 @@ class LOZOConfig(OptimConfig):
     rank: int = 2  # r, the rank of U·Vᵀ
     interval: int = 50  # ν, steps between redraws of V
     momentum: float = 0.0  # β of LOZO-M (0: plain LOZO)
+    noises: ClassVar[tuple[str, ...]] = ("gaussian",)  # U·Vᵀ is not elementwise ±1: no Rademacher
 
     def checks(self) -> dict[str, tuple[bool, str]]:
         return super().checks() | {
@@ -245,15 +247,16 @@ class LOZO(ZOOptimizer):
 
     def _update_vectors(self, lr: float, c: float, beta: float) -> None:
         """MeZO (LOZO) or MeZO with momentum (LOZO-M) on the biases and norms."""
-        sr, seed, rseed = self.cfg.stochastic_rounding, self.step_seed, self.round_seed(1)
+        sr, noise = self.cfg.stochastic_rounding, self.cfg.noise
+        seed, rseed = self.step_seed, self.round_seed(1)
         for i, run in enumerate(self.vector_runs):
             x, start = self.flat.slice(run)
             decay = 1.0 - lr * self.cfg.weight_decay if run.segments[0].decays else 1.0
             if self.beta > 0.0:
                 seeds = (seed, rseed, self.round_seed(2))
-                self.kernel(momentum_step)(x, self.vector_m[i], start, seeds, decay, c, lr, beta, sr)
+                self.kernel(momentum_step)(x, self.vector_m[i], start, seeds, noise, decay, c, lr, beta, sr)
             else:
-                self.kernel(mezo_step)(x, start, seed, rseed, decay, lr * c, sr)
+                self.kernel(mezo_step)(x, start, seed, noise, rseed, decay, lr * c, sr)
 
     # ---- alignment and state -------------------------------------------------------------------
     def reference_vector(self, i: int) -> torch.Tensor:

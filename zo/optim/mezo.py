@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from zo.noise import normal_at
+from zo.noise import noise_at
 from zo.optim import register
 from zo.optim.base import TWO_POINT, Probe, ZOOptimizer, index_of
 from zo.rounding import round_to
@@ -20,12 +20,13 @@ from zo.rounding import round_to
 Directions = tuple[tuple[int, float], ...]  # (noise seed, coefficient) per direction z_k
 
 
-def noise_sum(idx: torch.Tensor, seed: int, coef: float, others: Directions = ()) -> torch.Tensor:
-    """coef·n_seed + Σ c_k·n_k at flat indices idx, fp32: Σ p_k z_k with the coefficients folded in.
-    Inside a fused kernel the draws stay in registers."""
-    total = coef * normal_at(idx, seed)
+def noise_sum(idx: torch.Tensor, seed: int, noise: str, coef: float, others: Directions = ()) -> torch.Tensor:
+    """coef·n_seed + Σ c_k·n_k at flat indices idx, fp32, each n of kind `noise`: Σ p_k z_k with the
+    coefficients folded in. Inside a fused kernel the draws stay in registers."""
+    draw = noise_at(noise)
+    total = coef * draw(idx, seed)
     for s, c in others:
-        total = total + c * normal_at(idx, s)
+        total = total + c * draw(idx, s)
     return total
 
 
@@ -33,15 +34,17 @@ def mezo_step(
     x: torch.Tensor,
     start: int,
     seed: int,
+    noise: str,
     round_seed: int,
     decay: float,
     step: float,
     sr: bool,
     others: Directions = (),
 ) -> None:
-    """x ← decay·x − step·z_0 − Σ c_k z_k with the z redrawn in place (step = η·p): one pass over x."""
+    """x ← decay·x − step·z_0 − Σ c_k z_k with the z (of kind `noise`) redrawn in place (step = η·p):
+    one pass over x."""
     idx = index_of(x, start)
-    new = decay * x.float() - noise_sum(idx, seed, step, others)
+    new = decay * x.float() - noise_sum(idx, seed, noise, step, others)
     x.copy_(round_to(new, x.dtype, idx, round_seed, sr))
 
 
@@ -78,12 +81,8 @@ class MeZO(ZOOptimizer):
         """(seed of z_0, scale·p_0/q, the same pairs for z_1..z_{q−1}): the update's Σ p_k z_k, scaled."""
         # With one pair p_0 is the projected gradient itself, which a subclass's own `estimate` may set.
         estimates = self.estimates if self.cfg.queries > 1 else [self.projected_grad]
-        q, current = len(estimates), self.probe
-        pairs = []
-        for probe, p in zip(self.probes()[::2], estimates, strict=True):
-            self.probe = probe  # noise_seed() is the one place that says how z_k is seeded
-            pairs.append((self.noise_seed(), scale * p / q))
-        self.probe = current
+        q = len(estimates)
+        pairs = [(self.noise_seed(k), scale * p / q) for k, p in enumerate(estimates)]
         return pairs[0][0], pairs[0][1], tuple(pairs[1:])
 
     def update(self, lr: float, beta: float | None) -> None:
@@ -92,7 +91,7 @@ class MeZO(ZOOptimizer):
     def move(self, step_lr: float, decay_lr: float) -> None:
         """x ← (1 − decay_lr·wd)·x − step_lr·(1/q) Σ_k p_k z_k: MeZO's update, whose two lrs are the
         same η (MEAZO's adaptive step keeps the decay at η)."""
-        step = self.kernel(mezo_step)
+        step, noise = self.kernel(mezo_step), self.cfg.noise
         seed, move, others = self.directions(step_lr)
         for x, _, start, decay in self.slices(decay_lr):
-            step(x, start, seed, self.round_seed(1), decay, move, self.cfg.stochastic_rounding, others)
+            step(x, start, seed, noise, self.round_seed(1), decay, move, self.cfg.stochastic_rounding, others)

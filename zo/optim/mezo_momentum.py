@@ -1,14 +1,14 @@
 """MeZO with heavy-ball momentum, the ConMeZO paper's baseline.
 
-Same Gaussian z as MeZO, but the step follows m ← β m + (1−β) p·z, which costs
-one parameter-sized buffer.
+Same z as MeZO (Gaussian, or Rademacher with optimizer.noise), but the step follows
+m ← β m + (1−β) p·z, which costs one parameter-sized buffer.
 """
 
 from __future__ import annotations
 
 import torch
 
-from zo.noise import normal_at
+from zo.noise import noise_at
 from zo.optim import register
 from zo.optim.base import OptimConfig, index_of
 from zo.optim.mezo import MeZO
@@ -20,6 +20,7 @@ def momentum_step(
     m: torch.Tensor,
     start: int,
     seeds: tuple[int, int, int],
+    noise: str,
     decay: float,
     proj: float,
     lr: float,
@@ -28,7 +29,7 @@ def momentum_step(
 ) -> None:
     """m ← β m + (1−β) p·z, then x ← decay·x − η m, in one pass (seeds: noise, x rounding, m rounding)."""
     idx = index_of(x, start)
-    m_new = beta * m.float() + (1.0 - beta) * proj * normal_at(idx, seeds[0])
+    m_new = beta * m.float() + (1.0 - beta) * proj * noise_at(noise)(idx, seeds[0])
     x.copy_(round_to(decay * x.float() - lr * m_new, x.dtype, idx, seeds[1], sr))
     m.copy_(round_to(m_new, m.dtype, idx, seeds[2], sr))
 
@@ -46,6 +47,6 @@ class MeZOMomentum(MeZO):
     def update(self, lr: float, beta: float | None) -> None:
         assert beta is not None
         seeds = (self.step_seed, self.round_seed(1), self.round_seed(2))
-        step = self.kernel(momentum_step)
+        step, noise, sr = self.kernel(momentum_step), self.cfg.noise, self.cfg.stochastic_rounding
         for x, m, start, decay in self.slices(lr):
-            step(x, m, start, seeds, decay, self.projected_grad, lr, beta, self.cfg.stochastic_rounding)
+            step(x, m, start, seeds, noise, decay, self.projected_grad, lr, beta, sr)

@@ -53,7 +53,7 @@ def adam_step(
     x: torch.Tensor,
     moments: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None],
     start: int,
-    direction: tuple[int, float, Directions],
+    direction: tuple[int, str, float, Directions],
     seeds: tuple[int, int, int, int],
     wd: float,
     lr: float,
@@ -62,7 +62,7 @@ def adam_step(
 ) -> None:
     """g = Σ c_k z_k + wd·x, then m, v (and the max of v) and x, in one pass over the buffer.
 
-    moments: (m, v, running max of v or None); direction: (seed, coefficient, others) as in
+    moments: (m, v, running max of v or None); direction: (seed, noise, coefficient, others) as in
     `noise_sum`; seeds: rounding of x, m, v, max; hyper: (β₁, β₂, 1−β₁ᵗ, 1−β₂ᵗ, δ).
     """
     m, v, peak = moments
@@ -102,7 +102,8 @@ class ZOAdam(MeZO):
         cfg = self.cfg
         self.steps += 1
         hyper = (cfg.beta, cfg.beta2, 1.0 - cfg.beta**self.steps, 1.0 - cfg.beta2**self.steps, cfg.delta)
-        direction = self.directions(1.0)  # g = (1/q) Σ p_k z_k
+        seed, coef, others = self.directions(1.0)  # g = (1/q) Σ p_k z_k
+        direction = (seed, cfg.noise, coef, others)
         seeds = (self.round_seed(1), self.round_seed(2), self.round_seed(3), self.round_seed(4))
         step = self.kernel(adam_step)
         assert self.momentum is not None
