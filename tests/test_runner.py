@@ -272,11 +272,12 @@ def test_readme_first_run_commands_compose_and_validate_as_typed(tmp_path: Path)
 
 @pytest.mark.slow
 def test_the_default_run_learns_as_the_readme_says(tmp_path: Path) -> None:
-    """`python launch.py` as typed, 5 steps instead of 20 on 64 dev and test articles: it trains at the
-    tuned η (3e-5), and the test accuracy rises (at the old 1e-6 it did not move in 20 steps)."""
-    proc = cli(["train.steps=5", "train.eval_samples=64", "train.dev_samples=64", "save.model=false",
-                "log.wandb=disabled", f"hydra.run.dir={tmp_path}"], tmp_path)  # fmt: skip
+    """`python launch.py` as typed (20 steps at the tuned η = 3e-5), scored on 64 dev and 64 test
+    articles instead of 100 and 200: the dev accuracy rises (measured: 0.65 -> 0.82 on 100; at the old
+    η = 1e-6 the 20 steps moved the test accuracy 0.525 -> 0.540)."""
+    proc = cli(["train.eval_samples=64", "train.dev_samples=64", "save.model=false", "log.wandb=disabled",
+                f"hydra.run.dir={tmp_path}"], tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["config"]["optimizer"]["lr"] == 3e-5 and summary["status"] == "finished"
-    assert summary["final"]["dev_accuracy"] > summary["initial"]["dev_accuracy"]
+    assert summary["final"]["dev_accuracy"] >= summary["initial"]["dev_accuracy"] + 0.05
