@@ -22,6 +22,8 @@ Choices where the paper is silent or loose (doc §8; the official code could not
   (so a zero-initialised tensor freezes after its first step, h_b = 0): `threshold_every=N` > 0
   recomputes every h_b from the current weights at the start of steps 1 + N, 1 + 2N, … (before
   that step's probes), which lets the active set follow the weights.
+- s = 0 sets h = ∞, so it is MeZO (bitwise: the mask is all ones and never changes). The k-th
+  value rule would give h = max|W|, and an entry growing past it would freeze.
 - ⌊(1−s)·n⌋ is taken on s as written in decimal (Fraction(repr(s))), so s = 0.8 of 10 entries
   keeps 2, not the 1 that binary 0.19999… would give.
 - `scope=matrices` masks only tensors of ≥ 2 dims that are not embedding tables (the ports' rule);
@@ -93,7 +95,10 @@ def masked_rows(
 
 
 def kth_magnitude(w: torch.Tensor, sparsity: float) -> float:
-    """h: the k-th smallest |w|, k = max(1, ⌊(1−s)·n⌋) with s read as the decimal it was written as."""
+    """h: the k-th smallest |w|, k = max(1, ⌊(1−s)·n⌋) with s read as the decimal it was written as;
+    ∞ for s = 0 (nothing frozen, ever)."""
+    if sparsity == 0.0:
+        return math.inf
     k = max(1, math.floor((1 - Fraction(repr(sparsity))) * w.numel()))
     return float(w.detach().reshape(-1).abs().float().kthvalue(k).values)
 
