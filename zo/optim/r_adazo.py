@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from zo.optim import register
-from zo.optim.base import DTYPES, OptimConfig, Probe
-from zo.optim.zo_adam import ZOAdam
+from zo.optim.base import OptimConfig, Probe
+from zo.optim.zo_adam import ZOAdam, moment_checks
 
 
 @dataclass
@@ -48,12 +48,11 @@ class RAdaZOConfig(OptimConfig):
     amsgrad: ClassVar[bool] = False  # not a key: ZO-Adam's running max of v is never kept here
 
     def checks(self) -> dict[str, tuple[bool, str]]:
-        dtypes = [*DTYPES, "param"]
-        return super().checks() | {
-            "beta2": (0.0 <= self.beta2 < 1.0, "0 <= beta2 < 1"),
-            "zeta": (self.zeta > 0, "zeta > 0"),
-            "state_dtype": (self.state_dtype in dtypes, "one of " + ", ".join(dtypes)),
-        }
+        return (
+            super().checks()
+            | moment_checks(self.beta2, self.state_dtype)
+            | {"zeta": (self.zeta > 0, "zeta > 0")}
+        )
 
 
 @register

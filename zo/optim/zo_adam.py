@@ -41,12 +41,20 @@ class ZOAdamConfig(OptimConfig):
     state_dtype: str = "fp32"  # fp32 | fp16 | bf16 | param: storage of m, v (and the max)
 
     def checks(self) -> dict[str, tuple[bool, str]]:
-        dtypes = [*DTYPES, "param"]
-        return super().checks() | {
-            "beta2": (0.0 <= self.beta2 < 1.0, "0 <= beta2 < 1"),
-            "delta": (self.delta > 0, "delta > 0"),
-            "state_dtype": (self.state_dtype in dtypes, "one of " + ", ".join(dtypes)),
-        }
+        return (
+            super().checks()
+            | moment_checks(self.beta2, self.state_dtype)
+            | {"delta": (self.delta > 0, "delta > 0")}
+        )
+
+
+def moment_checks(beta2: float, state_dtype: str) -> dict[str, tuple[bool, str]]:
+    """The ranges of the Adam moments' keys, beta2 and state_dtype (ZO-Adam, R-AdaZO)."""
+    dtypes = [*DTYPES, "param"]
+    return {
+        "beta2": (0.0 <= beta2 < 1.0, "0 <= beta2 < 1"),
+        "state_dtype": (state_dtype in dtypes, "one of " + ", ".join(dtypes)),
+    }
 
 
 def adam_step(
