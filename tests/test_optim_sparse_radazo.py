@@ -12,6 +12,7 @@ import zo.noise
 from tests.conftest import QUAD, compose
 from tests.test_kernels import tiny_llama
 from tests.test_optim import Linear, zo_step
+from tests.test_optim_fzoo import Weights
 from zo import ZOError
 from zo.checkpoint import flatten, unflatten
 from zo.config import ConfigError, validate
@@ -24,19 +25,6 @@ from zo.optim.sparse_mezo import masked_block, masked_rows
 from zo.optim.zo_adam import adam_step
 
 IDS = torch.tensor([[5, 7, 5, 290, 0, 7, 11, 3]])
-
-
-class Seen(nn.Module):
-    """f(x) is whatever the test says; the forward records the x it saw (through the hooks)."""
-
-    def __init__(self, x: list[float]) -> None:
-        super().__init__()
-        self.x = nn.Parameter(torch.tensor(x))
-        self.seen: list[list[float]] = []
-
-    def forward(self) -> torch.Tensor:
-        self.seen.append(self.x.detach().tolist())
-        return self.x.sum()
 
 
 def inject(monkeypatch: pytest.MonkeyPatch, table: dict[int, list[float]]) -> None:
@@ -78,7 +66,7 @@ def masks(opt) -> list[torch.Tensor]:
 def test_sparse_mezo_worked_example(monkeypatch: pytest.MonkeyPatch, every: int, expected: list) -> None:
     """Doc §8: d = 4, s = 0.5, ε = 0.01, η = 0.004; h fixed (0.1), or recomputed at step 2 (0.12)."""
     inject(monkeypatch, {z_seed(1, 0): [1.0, 1.0, 2.0, 0.5], z_seed(2, 0): [-0.5, 1.5, -1.0, 2.0]})
-    model = Seen([0.5, -0.1, 0.05, -2.0])
+    model = Weights([0.5, -0.1, 0.05, -2.0])  # records the x each forward saw
     opt = sparse(model, seed=0, sparsity=0.5, eps=0.01, threshold_every=every)
     assert opt.thresholds == [pytest.approx(0.1, abs=1e-7)]
     losses = {1: {1.0: 1.2, -1.0: 1.1}, 2: {1.0: 1.0, -1.0: 1.04}}

@@ -11,9 +11,10 @@ as MeZO's n-SPSA does. The probes are x itself (scale 0) once, then x + εz_k fo
 f(x), the projected gradient the mean of the K one-sided (f_k − f_0)/ε.
 
 Choices where the sources leave one (doc §9):
-- The estimator is the paper's whole-vector one with the runner's Gaussian z, no normalisation
-  and no factor d (m/√v does not see a constant rescaling of ĝ, apart from ζ). The official code's
-  per-tensor unit-sphere probes (2K forwards per tensor) are not implemented.
+- The estimator is the paper's whole-vector one with the runner's z (Gaussian; Rademacher with
+  `optimizer.noise`), no normalisation and no factor d (m/√v does not see a constant rescaling of
+  ĝ, apart from ζ). The official code's per-tensor unit-sphere probes (2K forwards per tensor) are
+  not implemented.
 - ζ outside the root, as the code does; `zeta_inside=true` is the paper's √(v + ζ).
 - `bias_correction` (ours; neither source has one) divides v by 1 − β₂ᵗ and leaves m as it is:
   v averages m², so m/√v̂ compares m with its own running scale, and the first step is exactly
