@@ -40,11 +40,15 @@ def mezo_step(
     step: float,
     sr: bool,
     others: Directions = (),
+    limit: float | None = None,
 ) -> None:
     """x ← decay·x − step·z_0 − Σ c_k z_k with the z (of kind `noise`) redrawn in place (step = η·p):
-    one pass over x."""
+    one pass over x. limit (Sparse-MeZO): only the entries with |x| ≤ limit move and decay."""
     idx = index_of(x, start)
-    new = decay * x.float() - noise_sum(idx, seed, noise, step, others)
+    old = x.float()
+    new = decay * old - noise_sum(idx, seed, noise, step, others)
+    if limit is not None:
+        new = torch.where(old.abs() <= limit, new, old)
     x.copy_(round_to(new, x.dtype, idx, round_seed, sr))
 
 

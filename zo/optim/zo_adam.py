@@ -41,12 +41,20 @@ class ZOAdamConfig(OptimConfig):
     state_dtype: str = "fp32"  # fp32 | fp16 | bf16 | param: storage of m, v (and the max)
 
     def checks(self) -> dict[str, tuple[bool, str]]:
-        dtypes = [*DTYPES, "param"]
-        return super().checks() | {
-            "beta2": (0.0 <= self.beta2 < 1.0, "0 <= beta2 < 1"),
-            "delta": (self.delta > 0, "delta > 0"),
-            "state_dtype": (self.state_dtype in dtypes, "one of " + ", ".join(dtypes)),
-        }
+        return (
+            super().checks()
+            | moment_checks(self.beta2, self.state_dtype)
+            | {"delta": (self.delta > 0, "delta > 0")}
+        )
+
+
+def moment_checks(beta2: float, state_dtype: str) -> dict[str, tuple[bool, str]]:
+    """The ranges of the Adam moments' keys, beta2 and state_dtype (ZO-Adam, R-AdaZO)."""
+    dtypes = [*DTYPES, "param"]
+    return {
+        "beta2": (0.0 <= beta2 < 1.0, "0 <= beta2 < 1"),
+        "state_dtype": (state_dtype in dtypes, "one of " + ", ".join(dtypes)),
+    }
 
 
 def adam_step(
@@ -59,25 +67,30 @@ def adam_step(
     lr: float,
     hyper: tuple[float, float, float, float, float],
     sr: bool,
+    form: tuple[bool, bool] = (False, False),
 ) -> None:
     """g = Σ c_k z_k + wd·x, then m, v (and the max of v) and x, in one pass over the buffer.
 
     moments: (m, v, running max of v or None); direction: (seed, noise, coefficient, others) as in
-    `noise_sum`; seeds: rounding of x, m, v, max; hyper: (β₁, β₂, 1−β₁ᵗ, 1−β₂ᵗ, δ).
+    `noise_sum`; seeds: rounding of x, m, v, max; hyper: (β₁, β₂, 1−β₁ᵗ, 1−β₂ᵗ, δ);
+    form (R-AdaZO): (v averages the new m² instead of g², δ inside the root: √(v̂ + δ)).
     """
     m, v, peak = moments
     b1, b2, c1, c2, delta = hyper
+    second_of_m, delta_inside = form
     idx = index_of(x, start)
     x_old = x.float()
     g = noise_sum(idx, *direction) + wd * x_old
     m_new = b1 * m.float() + (1.0 - b1) * g
-    v_new = b2 * v.float() + (1.0 - b2) * g * g
+    fed = m_new if second_of_m else g
+    v_new = b2 * v.float() + (1.0 - b2) * fed * fed
     m.copy_(round_to(m_new, m.dtype, idx, seeds[1], sr))
     v.copy_(round_to(v_new, v.dtype, idx, seeds[2], sr))
     if peak is not None:
         v_new = torch.maximum(peak.float(), v_new)
         peak.copy_(round_to(v_new, peak.dtype, idx, seeds[3], sr))
-    new = x_old - lr * (m_new / c1) / (torch.sqrt(v_new / c2) + delta)
+    root = torch.sqrt(v_new / c2 + delta) if delta_inside else torch.sqrt(v_new / c2) + delta
+    new = x_old - lr * (m_new / c1) / root
     x.copy_(round_to(new, x.dtype, idx, seeds[0], sr))
 
 
@@ -98,10 +111,15 @@ class ZOAdam(MeZO):
     def momentum_dtype(self, p: torch.Tensor) -> torch.dtype:
         return p.dtype if self.cfg.state_dtype == "param" else DTYPES[self.cfg.state_dtype]
 
+    def adam_form(self) -> tuple[tuple[float, float, float, float, float], tuple[bool, bool]]:
+        """`adam_step`'s hyper and form for this update (t = self.steps): Adam, bias-corrected."""
+        cfg, t = self.cfg, self.steps
+        return (cfg.beta, cfg.beta2, 1.0 - cfg.beta**t, 1.0 - cfg.beta2**t, cfg.delta), (False, False)
+
     def update(self, lr: float, beta: float | None) -> None:
         cfg = self.cfg
         self.steps += 1
-        hyper = (cfg.beta, cfg.beta2, 1.0 - cfg.beta**self.steps, 1.0 - cfg.beta2**self.steps, cfg.delta)
+        hyper, form = self.adam_form()
         seed, coef, others = self.directions(1.0)  # g = (1/q) Σ p_k z_k
         direction = (seed, cfg.noise, coef, others)
         seeds = (self.round_seed(1), self.round_seed(2), self.round_seed(3), self.round_seed(4))
@@ -117,7 +135,8 @@ class ZOAdam(MeZO):
                 self.rows.view(self.peak[buf][part]) if self.peak else None,
             )
             wd = cfg.weight_decay if run.segments[0].decays else 0.0
-            step(self.rows.view(x), moments, start, direction, seeds, wd, lr, hyper, cfg.stochastic_rounding)
+            x = self.rows.view(x)
+            step(x, moments, start, direction, seeds, wd, lr, hyper, cfg.stochastic_rounding, form)
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "second": self.second, "peak": self.peak, "steps": self.steps}
