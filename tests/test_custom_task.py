@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from data import DataError, Request, build_task, load_task_data
-from tests.conftest import ROOT, TINY, cli
+from tests.conftest import TINY, cli, compose
 
 SST2_AS_CUSTOM = """\
 defaults:
@@ -25,12 +25,10 @@ template:
 
 
 def compose_task(folder: Path, name: str, extra: list[str] = ()) -> dict:
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
     overrides = [f"task={name}", f"hydra.searchpath=[file://{folder}]", *extra]
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return OmegaConf.to_container(compose(config_name="config", overrides=overrides).task, resolve=True)
+    return OmegaConf.to_container(compose(overrides).task, resolve=True)
 
 
 def test_sst2_as_a_custom_yaml_gives_identical_prompts_and_labels(tmp_path: Path, needs_shared: Path) -> None:
