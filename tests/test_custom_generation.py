@@ -250,16 +250,26 @@ def test_lora_selecting_on_eval_loss_and_an_evaluation_only_run(tmp_path: Path) 
 
 # ---- SmolLM2, for real ---------------------------------------------------------------------------------
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("ZO_SLOW") != "1", reason="real-model run: ZO_SLOW=1 runs it")
-def test_smollm2_instruct_learns_a_conversation_format(tmp_path: Path) -> None:
-    """SmolLM2-135M-Instruct on a messages file whose answers are bare numbers: EM before and after."""
+@pytest.mark.skipif(
+    os.environ.get("ZO_SLOW") != "1", reason="a real-model run of minutes on CPU: ZO_SLOW=1 runs it"
+)
+def test_smollm2_instruct_on_a_messages_file_reports_exact_match_before_and_after(tmp_path: Path) -> None:
+    """SmolLM2-135M-Instruct, MeZO at the tuned η, on conversations whose answers are bare numbers (the
+    model answers in a sentence at first): exact match before and after, printed and in summary.json."""
+    ask = "What number comes after {}? Reply with the number only."
+    chats = [chat(("user", ask.format(i)), ("assistant", str(i + 1))) for i in range(100)]
     summary = run_inprocess(
-        ["model=smollm2", "task=custom", f"task.files.train={messages(tmp_path, rows=120)}", "optimizer=mezo",
-         "task.num_train=64", "task.num_dev=16", "task.num_test=32", "train.eval_samples=32",
-         "train.steps=100",
-         "train.batch_size=8", "optimizer.lr=1e-5", "task.max_new_tokens=8", "log.wandb=disabled",
-         "save.model=false", "optimizer.fused=false"],
+        ["model=smollm2", "task=custom", f"task.files.train={write_jsonl(tmp_path / 'next.jsonl', chats)}",
+         "optimizer=mezo", "optimizer.lr=3e-5", "task.num_train=32", "task.num_dev=8", "task.num_test=16",
+         "train.eval_samples=16", "train.steps=20", "train.batch_size=8", "task.max_new_tokens=8",
+         "log.wandb=disabled", "save.model=false", "optimizer.fused=false"],
         tmp_path / "run",
     )  # fmt: skip
-    print(f"SmolLM2 exact match: {summary['initial']['em']:.3f} before, {summary['final']['em']:.3f} after")
-    assert summary["status"] == "finished" and 0 <= summary["final"]["em"] <= 1
+    before, after = summary["initial"]["em"], summary["final"]["em"]
+    print(f"SmolLM2-135M-Instruct exact match: {before:.3f} before, {after:.3f} after 20 MeZO steps")
+    assert summary["status"] == "finished" and summary["model_loaded"]
+    assert (
+        0 <= before <= 1
+        and 0 <= after <= 1
+        and summary["final"]["eval_loss"] < summary["initial"]["eval_loss"]
+    )
