@@ -46,11 +46,13 @@ def prompt_completion(folder: Path, rows: int = 30) -> Path:
 
 def messages(folder: Path, rows: int = 30) -> Path:
     chats = [
-        {"messages": [{"role": "system", "content": "Count."}, {"role": "user", "content": f"After {i}?"},
-                      {"role": "assistant", "content": str(i + 1)}]}
-        for i in range(rows)
-    ]  # fmt: skip
+        chat(("system", "Count."), ("user", f"After {i}?"), ("assistant", str(i + 1))) for i in range(rows)
+    ]
     return write_jsonl(folder / "chat.jsonl", chats)
+
+
+def chat(*turns: tuple[str, str]) -> dict:
+    return {"messages": [{"role": r, "content": c} for r, c in turns]}
 
 
 CSV_KEYS = [
@@ -102,10 +104,6 @@ def test_empty_answers_are_dropped_with_a_count(tmp_path: Path, capsys: pytest.C
     assert [e.answers for e in got] == [["a1"], ["a4"]]
     err = capsys.readouterr().err.strip()
     assert err == f"warning: {path}: 2 of 4 rows have an empty answer and are dropped (lines 3, 4)"
-
-
-def chat(*turns: tuple[str, str]) -> dict:
-    return {"messages": [{"role": r, "content": c} for r, c in turns]}
 
 
 @pytest.mark.parametrize(
