@@ -1,13 +1,15 @@
 """Entry point: `python launch.py [group=option ...] [key=value ...] [-m]`.
 
 Hydra composes conf/config.yaml with the groups optimizer, model, task and
-schedule; zo.runner does the rest. Two things happen before Hydra sees argv:
+schedule; zo.runner does the rest. Three things happen before Hydra sees argv:
 - `-m/--multirun` may stand anywhere (Hydra's parser rejects overrides on both
   sides of it, but `... task=trec -m optimizer.theta=1.2,1.35` is what people type);
 - an unknown group option (`optimizer=adam`, also inside a sweep: `choice(mezo,adam)`,
   `mezo,adam`, a `glob` that matches nothing) is a one-line error with exit code 2 that
   lists the choices, instead of Hydra's multi-line one. So are Hydra's own errors about the
-  command line (a typo'd key, a value the shell split, a value outside the grammar: zo.overrides).
+  command line (a typo'd key, a value the shell split, a value outside the grammar: zo.overrides);
+- a mapping with quoted keys, as JSON writes it (`'task.label_words={"0": " bad", "-1": " good"}'`),
+  loses the quotes Hydra's grammar refuses (`{0: " bad", -1: " good"}`).
 In a sweep (-m), a job whose config is invalid or whose run fails prints its one line
 and the sweep goes on; the sweep then exits with code 1, naming the failed jobs. In an
 Optuna search (+sweeps=tune) a diverged trial is an answer, not a failure: it does not
@@ -17,6 +19,7 @@ set the exit code.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -86,6 +89,27 @@ def picked(arg: str) -> tuple[str, list[str]] | None:
     return (group, [value]) if isinstance(value, str) else None
 
 
+QUOTED_KEY = re.compile(r"""([{,]\s*)(["'])([^"'{},:]*)\2\s*:""")
+
+
+def unquoted_keys(arg: str) -> str:
+    """`key={"0": a, "-1": b}` as Hydra's grammar takes it, `key={0: a, -1: b}`, where it parses only
+    that way (a key that cannot go unquoted, a space say, is left to zo.overrides' one line)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    key, _, value = arg.partition("=")
+    if not value.startswith("{") or not QUOTED_KEY.search(value):
+        return arg
+    parser = OverridesParser.create()
+    for candidate in (arg, key + "=" + QUOTED_KEY.sub(r"\1\3:", value)):
+        try:
+            parser.parse_override(candidate)
+            return candidate
+        except Exception:  # Hydra's grammar: no quoted mapping keys
+            continue
+    return arg
+
+
 def check_groups(args: list[str]) -> None:
     for arg in args:
         found = picked(arg)
@@ -141,7 +165,7 @@ def prepare_argv(args: list[str]) -> list[str]:
     # takes one searchpath, so theirs joins the repo root (which holds sweeps/) in a single override.
     items = search_items(rest)
     SEARCH[:] = [Path(i.removeprefix("file://")).expanduser() for i in items if i.startswith("file://")]
-    rest = [a for a in rest if a.partition("=")[0].lstrip("+") != "hydra.searchpath"]
+    rest = [unquoted_keys(a) for a in rest if a.partition("=")[0].lstrip("+") != "hydra.searchpath"]
     check_groups(rest)
     if ("-m" in flags or "--multirun" in flags) and (length := longest_job_folder(rest)) > NAME_MAX:
         fail(

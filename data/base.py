@@ -25,7 +25,9 @@ class Example:
 
     `label` indexes the task's label words (classification) or `candidates`
     (per-example multiple choice, e.g. ReCoRD entities). Generation tasks set
-    `answers` (all gold strings) and leave `label` as None.
+    `answers` (all gold strings) and leave `label` as None; their `meta` may say what a causal LM
+    trains on (`target`: the continuation as written, default " " + answers[0]), that the prompt is
+    a conversation for the chat template (`messages`), and where the row is (`line`).
     """
 
     fields: dict[str, str]
@@ -51,6 +53,11 @@ class Task:
     hub_config: ClassVar[str | None] = None
     splits: ClassVar[dict[str, list[str]]] = {}  # split -> candidate relative paths under data.root
     test_split: ClassVar[str] = "test"  # which of our splits holds the labelled evaluation set
+    # generation: tokens decoded per answer; prompts are conversations (Example.meta["messages"]) that
+    # the tokenizer's chat template renders
+    max_new_tokens: ClassVar[int] = 50
+    chat: ClassVar[bool] = False
+    select_on: ClassVar[str] = "auto"  # the metric that picks the best step on dev (auto: the objective's)
 
     @classmethod
     def build(cls, options: dict) -> Task:

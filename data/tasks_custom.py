@@ -1,16 +1,20 @@
-"""`task=custom`: a classification task from the user's own labelled file, by config alone.
+"""`task=custom`: a classification or generation task from the user's own file, by config alone.
 
 Everything a built-in task class says in Python, conf/task/custom.yaml says in keys: the files
-(`files.train`, optional `files.test`), the column names of a headerless file (`columns`), the
-label column (`label_field`), the verbalizer (`label_words`: each label value *as written in the
-file* to the word scored for it, in the order that fixes the class indices) and the prompts
-(`template.causal`, `template.mlm` with `{column}` placeholders and `{mask}` for the masked slot).
+(`files.train`, optional `files.test`), the column names of a headerless file (`columns`) and the
+prompts (`template.causal`, `template.mlm` with `{column}` placeholders and `{mask}` for the masked
+slot). Then either
+- classification: the label column (`label_field`) and the verbalizer (`label_words`: each label
+  value *as written in the file* to the word scored for it, in the order that fixes the class
+  indices); or
+- generation: the answer column (`answer_field`), or a .jsonl/.json file in one of TRL's formats
+  (data/conversations.py), which needs neither key. `template.chat=true` hands the causal prompt
+  to the tokenizer's chat template as one user message. A row with an empty answer is dropped,
+  with a count on stderr.
 
-Formats by extension: `.csv` (real CSV: quoted fields may hold commas and newlines), `.tsv` (split
-on tabs only, never quote-parsed, as GLUE's files need: their quotes are unbalanced), `.jsonl`
-(one object per line), `.json` (a list of objects). A UTF-8 BOM and blank lines are skipped; field
-values are stripped of surrounding whitespace. A file that cannot be used stops the run before any
-model loads with one DataError line naming the file, the line and the fix.
+File formats: data/rows.py. Field values are stripped of surrounding whitespace. A file that
+cannot be used stops the run before any model loads with one DataError line naming the file, the
+line and the fix.
 
 Without `files.test`, the test examples come from the train file: one seeded permutation of it
 (numpy RandomState(data_seed), like every draw) holds out its first num_test rows (test_cap with
@@ -19,20 +23,16 @@ kshot or full sampling), at most half the file, and train and dev are drawn from
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import string
-from dataclasses import dataclass
+import sys
 from pathlib import Path
 
+from data import conversations
 from data.base import MASK, DataError, Example
-from data.readers import read_text
 from data.registry import register
+from data.rows import Row, read_rows
 from data.sampling import permuted
 from data.source import DataTask, Fetched
-
-FORMATS = (".csv", ".tsv", ".jsonl", ".json")
 
 
 def placeholders(template: str) -> list[str]:
@@ -41,77 +41,15 @@ def placeholders(template: str) -> list[str]:
     return [n for n in dict.fromkeys(names) if n != "mask"]
 
 
-@dataclass
-class Row:
-    values: dict[str, str]
-    line: int  # where the record starts in its file (1-based), for error messages
-
-
-def read_rows(path: Path, columns: list[str] | None) -> list[Row]:
-    """The records of a csv/tsv/jsonl/json file as column -> text, each with its starting line."""
-    if path.suffix not in FORMATS:
-        raise DataError(f"{path}: unknown format '{path.suffix}'; use one of {', '.join(FORMATS)}")
-    text = read_text(path).removeprefix("\ufeff")
-    if path.suffix in (".jsonl", ".json"):
-        return _json_rows(path, text)
-    if path.suffix == ".csv":
-        reader = csv.reader(io.StringIO(text, newline=""))
-        records, start = [], 1
-        for fields in reader:
-            records.append((fields, start))
-            start = reader.line_num + 1
-    else:  # tsv: tabs only (see the module docstring)
-        records = [(line.rstrip("\r").split("\t"), i) for i, line in enumerate(text.split("\n"), 1)]
-    records = [(f, n) for f, n in records if any(v.strip() for v in f)]  # stray blank lines
-    if not records:
-        raise DataError(f"{path}: the file holds no rows")
-    if columns is None:
-        (header, _), records = records[0], records[1:]
-        names = [h.strip() for h in header]
-        what = "the header row"
-    else:
-        names, what = list(columns), "task.columns"
-    rows = []
-    for fields, line in records:
-        if len(fields) != len(names):
-            raise DataError(
-                f"{path} line {line}: {len(fields)} fields, but {what} names {len(names)} "
-                f"({', '.join(names)}); fix the row, or set task.columns for a file without a header"
-            )
-        rows.append(Row(dict(zip(names, fields, strict=True)), line))
-    return rows
-
-
-def _json_rows(path: Path, text: str) -> list[Row]:
-    if path.suffix == ".jsonl":
-        lines = [(i, ln) for i, ln in enumerate(text.split("\n"), 1) if ln.strip()]
-        records = []
-        for i, ln in lines:
-            try:
-                records.append((json.loads(ln), i))
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path} line {i}: not JSON ({err.msg}); one object per line") from err
-    else:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path} line {err.lineno}: not JSON ({err.msg})") from err
-        if not isinstance(data, list):
-            raise DataError(
-                f"{path}: a .json file must hold a list of records (for one per line, use .jsonl)"
-            )
-        records = [(r, i) for i, r in enumerate(data, 1)]  # record numbers: JSON has no line per record
-    rows = []
-    for record, line in records:
-        if not isinstance(record, dict):
-            raise DataError(f"{path} line {line}: a record must be an object with named fields")
-        rows.append(Row({k: "" if v is None else str(v) for k, v in record.items()}, line))
-    return rows
+def label_value(key: object) -> str:
+    """A label_words key as the file writes it: Hydra's command line reads `{0: ..., -1: ...}` keys
+    as numbers and `true` as a boolean."""
+    return str(key).lower() if isinstance(key, bool) else str(key)
 
 
 @register
 class CustomTask(DataTask):
-    """A labelled file described by `task.*` keys (see the module docstring and conf/task/custom.yaml)."""
+    """A user's file described by `task.*` keys (see the module docstring and conf/task/custom.yaml)."""
 
     name = "custom"
 
@@ -120,22 +58,30 @@ class CustomTask(DataTask):
         files = o.get("files") or {}
         if not files.get("train"):
             raise DataError("task=custom needs task.files.train=PATH (a .csv, .tsv, .jsonl or .json file)")
-        words = o.get("label_words") or {}
-        if not isinstance(words, dict) or not words or not all(isinstance(w, str) for w in words.values()):
-            raise DataError(
-                'task=custom needs task.label_words, one word per label value: {"0": " bad", "1": " good"}'
-            )
+        words, self.answer_field = o.get("label_words") or {}, o.get("answer_field")
+        if not isinstance(words, dict) or not all(isinstance(w, str) for w in words.values()):
+            raise DataError('task.label_words: one word per label value, e.g. {0: " bad", 1: " good"}')
+        if words and self.answer_field:
+            raise DataError("task=custom: set task.label_words (classification) or task.answer_field "
+                            "(generation), not both")  # fmt: skip
+        self.name = o.get("name") or "custom"  # its YAML's (file) name: run folders, summary.json, zo.report
+        self.task_type = "classify" if words else "generate"
         self.files = {split: files.get(split) for split in ("train", "test")}
         self.columns = o.get("columns")
         self.label_field = o.get("label_field") or "label"
-        self.values = [str(v) for v in words]  # label value as written -> class index (its position)
+        self.values = [label_value(v) for v in words]  # label value as written -> class index (its position)
         self.label_words = [str(w) for w in words.values()]
         template = o.get("template") or {}
         self.templates = {kind: template.get(kind) for kind in ("causal", "mlm")}
-        self.fields = list(dict.fromkeys(f for t in self.templates.values() if t for f in placeholders(t)))
+        self.chat = bool(template.get("chat"))  # prompts go through the tokenizer's chat template
+        used = self.templates.values() if words else [self.templates["causal"]]
+        self.fields = list(dict.fromkeys(f for t in used if t for f in placeholders(t)))
+        self.max_new_tokens = int(o.get("max_new_tokens", 50))
+        self.select_on = o.get("select_on", "auto")
         fixed = o.get("sampling", "auto") in ("auto", "fixed")
         held = o.get("num_test", 1000) if fixed else o.get("test_cap", 1000)
         self.hold_out = int(held)  # test rows taken from the train file when there is no files.test
+        self._read: dict[Path, list[Example]] = {}  # each file read (and warned about) once
 
     @classmethod
     def build(cls, options: dict) -> CustomTask:
@@ -166,15 +112,33 @@ class CustomTask(DataTask):
         return path
 
     def read(self, path: Path) -> list[Example]:
-        rows = read_rows(path, self.columns)
+        if path not in self._read:
+            rows = read_rows(path, self.columns)
+            named = self.label_words or self.answer_field  # a column says what to learn; else TRL's keys
+            kind = None if named else conversations.trl_format(rows[0].record)
+            self._read[path] = self._trl(path, rows, kind) if kind else self._columns(path, rows)
+        return self._read[path]
+
+    def _columns(self, path: Path, rows: list[Row]) -> list[Example]:
+        if self.task_type == "generate" and not self.answer_field:
+            raise DataError(
+                f"{path}: task=custom needs task.label_words (classification) or task.answer_field "
+                "(generation); only a .jsonl/.json file in TRL's format (prompt/completion or messages "
+                "keys) needs neither"
+            )
         names = set(rows[0].values) if rows else set()
-        for key in (self.label_field, *self.fields):
+        target = self.label_field if self.task_type == "classify" else self.answer_field
+        for key in (target, *self.fields):
             if key not in names:
-                fix = "task.label_field" if key == self.label_field else "the template's {" + key + "}"
+                fix = "the template's {" + key + "}"
+                if key == target:
+                    fix = "task.label_field" if self.task_type == "classify" else "task.answer_field"
                 raise DataError(
                     f"{path}: no column '{key}' (its columns: {', '.join(sorted(names))}); fix {fix}"
                     + (", or name the columns with task.columns" if self.columns is None else "")
                 )
+        if self.task_type == "generate":
+            return self._kept(path, [self._answered(row) for row in rows], rows)
         out = []
         for row in rows:
             value = row.values[self.label_field].strip()
@@ -187,8 +151,35 @@ class CustomTask(DataTask):
             out.append(Example(fields, self.values.index(value)))
         return out
 
+    def _answered(self, row: Row) -> Example | None:
+        answer = row.values[self.answer_field].strip()
+        fields = {f: row.values[f].strip() for f in self.fields}
+        return Example(fields, answers=[answer], meta={"line": row.line}) if answer else None
+
+    def _trl(self, path: Path, rows: list[Row], kind: str) -> list[Example]:
+        return self._kept(path, [conversations.example(path, row, kind) for row in rows], rows)
+
+    def _kept(self, path: Path, examples: list[Example | None], rows: list[Row]) -> list[Example]:
+        """The answered examples, each wrapped as a chat where template.chat asks; the count of those
+        dropped for an empty answer on stderr."""
+        empty = [row.line for row, ex in zip(rows, examples, strict=True) if ex is None]
+        if len(empty) == len(rows):
+            raise DataError(f"{path}: every row's answer is empty; fill in the answers")
+        if empty:
+            lines = ", ".join(map(str, empty[:5])) + (", ..." if len(empty) > 5 else "")
+            print(f"warning: {path}: {len(empty)} of {len(rows)} rows have an empty answer and are dropped "
+                  f"(lines {lines})", file=sys.stderr)  # fmt: skip
+        kept = [ex for ex in examples if ex is not None]
+        for ex in kept:
+            if self.chat and "messages" not in ex.meta:
+                ex.meta["messages"] = [{"role": "user", "content": self.causal_prompt(ex)}]
+        self.chat = self.chat or any("messages" in ex.meta for ex in kept)  # a conversations file
+        return kept
+
     # ---- prompts ----------------------------------------------------------------------------------
     def _prompt(self, kind: str, ex: Example) -> str:
+        if "prompt" in ex.meta:  # TRL's prompt–completion: the prompt as written
+            return ex.meta["prompt"]
         template = self.templates[kind]
         if not template:
             model = {"mlm": "masked-LM", "causal": "causal"}[kind]

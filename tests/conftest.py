@@ -40,11 +40,19 @@ QUAD = [
 
 
 def compose(overrides: list[str]):
+    """The config as launch.py's Hydra app gets it: `${hydra:...}` interpolations (task=custom's name
+    is its YAML file's, `hydra:runtime.choices.task`) resolve, and the `hydra` node is not in it."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=overrides)
+        cfg = hydra_compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
 
 
 def run_inprocess(overrides: list[str], out_dir: Path) -> dict:

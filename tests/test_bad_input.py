@@ -179,8 +179,8 @@ def test_unknown_option_inside_a_sweep_is_one_line(arg: str, capsys: pytest.Capt
         (["hydra.run.dir=run", "dir"],  # `hydra.run.dir=run dir` as the shell splits it
          "error: 'dir' is not key=value: a value with a space must be quoted whole, "
          "e.g. 'hydra.run.dir=run dir'"),
-        (['task.label_words={"0": " bad"}'],
-         "error: cannot read the value of task.label_words (no viable alternative at input '{\"0\"'): "
+        (['task.label_words={"0:1": " bad"}'],  # launch.py unquotes {"0": ...}, not a key holding ':'
+         "error: cannot read the value of task.label_words (no viable alternative at input '{\"0:1\"'): "
          "write dict keys without quotes, e.g. {0: ' bad', 1: ' good'}, and quote the whole override"),
         (["model.arch.foo=1"],
          "error: model.arch.foo is not a key of model.arch, which is empty here: add it with +model.arch"),

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from data import DataError, Request, build_task, load_task_data
-from tests.conftest import ROOT, TINY, cli
+from tests.conftest import TINY, cli, compose, run_inprocess
 
 SST2_AS_CUSTOM = """\
 defaults:
@@ -25,12 +25,10 @@ template:
 
 
 def compose_task(folder: Path, name: str, extra: list[str] = ()) -> dict:
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
     overrides = [f"task={name}", f"hydra.searchpath=[file://{folder}]", *extra]
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return OmegaConf.to_container(compose(config_name="config", overrides=overrides).task, resolve=True)
+    return OmegaConf.to_container(compose(overrides).task, resolve=True)
 
 
 def test_sst2_as_a_custom_yaml_gives_identical_prompts_and_labels(tmp_path: Path, needs_shared: Path) -> None:
@@ -125,7 +123,9 @@ def test_a_file_that_cannot_be_used_is_one_line_naming_file_line_and_fix(
 
 
 def test_a_never_seen_csv_finetunes_with_mezo_and_conmezo_by_config_alone(tmp_path: Path) -> None:
-    """The issue's done-when: a user YAML in their own folder, two optimizers, accuracy before/after."""
+    """The issue's done-when: a user YAML in their own folder, two optimizers, accuracy before/after;
+    label_words on the command line as conf/task/custom.yaml shows it, JSON's quoted keys and -1 too
+    (issue #30); the task is called by its YAML file's name."""
     reviews = tmp_path / "reviews.csv"
     lines = [
         f'{"1" if i % 3 else "-1"},"{"great fun" if i % 3 else "dull, slow"} number {i}"\n' for i in range(60)
@@ -135,7 +135,6 @@ def test_a_never_seen_csv_finetunes_with_mezo_and_conmezo_by_config_alone(tmp_pa
     (tmp_path / "conf" / "task" / "reviews.yaml").write_text(
         "defaults:\n  - custom\n  - _self_\n"
         f"files:\n  train: {reviews}\n"
-        'label_words: {"-1": " bad", "1": " good"}\n'
         'template:\n  causal: "Review: {review}\\nSentiment:"\n'
     )
     tiny = [a for a in TINY if not a.startswith("task")] + [
@@ -145,13 +144,16 @@ def test_a_never_seen_csv_finetunes_with_mezo_and_conmezo_by_config_alone(tmp_pa
     ]
     sweep = tmp_path / "sweep"
     args = [*tiny, f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "task=reviews", "train.steps=3",
-            f"hydra.sweep.dir={sweep}", "-m", "optimizer=mezo,conmezo"]  # fmt: skip
+            'task.label_words={"-1": " bad", "1": " good"}', f"hydra.sweep.dir={sweep}", "-m",
+            "optimizer=mezo,conmezo"]  # fmt: skip
     proc = cli(args, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summaries = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/summary.json"))]
     assert sorted(s["config"]["optimizer"]["name"] for s in summaries) == ["conmezo", "mezo"]
     for s in summaries:
         assert s["status"] == "finished" and s["data"]["obtained"] == {"train": 24, "dev": 8, "test": 16}
+        assert s["config"]["task"]["name"] == s["data"]["task"] == "reviews"
+        assert s["config"]["task"]["label_words"] == {"-1": " bad", "1": " good"}
         assert 0 <= s["initial"]["accuracy"] <= 1 and 0 <= s["final"]["accuracy"] <= 1
 
 
@@ -164,3 +166,58 @@ def test_an_unusable_file_stops_before_the_model_loads(tmp_path: Path) -> None:
     proc = cli(args, tmp_path)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {bad} line 3: label '5' is not a key")
+
+
+@pytest.mark.parametrize(
+    ("typed", "values"),
+    [
+        ('{"0": " bad", "1": " good"}', ["0", "1"]),
+        ('{"-1": " bad", "1": " good"}', ["-1", "1"]),
+        ("{'positive': ' good', 'negative': ' bad'}", ["positive", "negative"]),
+        ('{0: " bad", -1: " good"}', ["0", "-1"]),
+        ('{positive: " good", "01": " zero"}', ["positive", "01"]),
+    ],
+)
+def test_label_words_as_typed_on_the_command_line(tmp_path: Path, typed: str, values: list[str]) -> None:
+    """Hydra's grammar refuses quoted mapping keys; launch.py unquotes them, and numbers become the
+    label values as written again."""
+    import launch
+
+    (arg,) = [
+        a for a in launch.prepare_argv([f"task.label_words={typed}"]) if a.startswith("task.label_words")
+    ]
+    cfg = compose(["task=custom", "task.files.train=x.csv", arg])
+    task = build_task("custom", values_of(cfg))
+    assert task.values == values and task.task_type == "classify"
+
+
+def values_of(cfg) -> dict:
+    from zo.config import validate, values
+
+    validate(cfg)
+    return values(cfg, "task")
+
+
+def test_two_custom_tasks_keep_their_names_in_summaries_and_the_report(tmp_path: Path) -> None:
+    """A task's name is its YAML file's unless it sets one; zo.report keeps two apart (issue #30)."""
+    from zo.report import collect_runs, runs_table
+
+    folder = tmp_path / "conf" / "task"
+    folder.mkdir(parents=True)
+    for task, own in (("mr", "name: movies\n"), ("subj", "")):
+        path = tmp_path / f"{task}.csv"
+        path.write_text("label,review\n" + "".join(f"{i % 2},{task} text {i}\n" for i in range(40)))
+        (folder / f"{task}.yaml").write_text(
+            f"defaults: [custom, _self_]\n{own}files:\n  train: {path}\n"
+            'label_words: {0: " bad", 1: " good"}\ntemplate:\n  causal: "{review} =>"\n'
+        )
+    base = [a for a in TINY if not a.startswith("task")] + ["task.num_train=8", "task.num_dev=4",
+            "task.num_test=8", "train.eval_samples=8", "train.steps=1", "save.model=false"]  # fmt: skip
+    for task in ("mr", "subj"):
+        summary = run_inprocess(
+            [*base, f"hydra.searchpath=[file://{tmp_path / 'conf'}]", f"task={task}"],
+            tmp_path / "sweep" / task,
+        )
+        assert summary["status"] == "finished"
+    rows = runs_table(collect_runs(tmp_path / "sweep"))
+    assert sorted(r["task"] for r in rows) == ["movies", "subj"]

@@ -18,10 +18,10 @@ ARGS = [*TINY, "optimizer=conmezo", "train.steps=4", "train.eval_every=2",
         "train.shards=2"]  # fmt: skip
 
 
-def launch(prefix: list[str], out: Path) -> None:
+def launch(prefix: list[str], out: Path, args: list[str] = ARGS) -> None:
     # One thread per process in both runs: a matmul's reduction order depends on the thread count.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
-    cmd = [*prefix, str(ROOT / "launch.py"), *ARGS, f"hydra.run.dir={out}"]
+    cmd = [*prefix, str(ROOT / "launch.py"), *args, f"hydra.run.dir={out}"]
     proc = subprocess.run(cmd, cwd=out.parent, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
@@ -42,6 +42,28 @@ def test_two_ranks_equal_one_rank_on_the_same_shards_bitwise(tmp_path: Path, nee
     assert summary["status"] == "finished" and summary["config"]["train"]["shards"] == 2
     ours = {p.name for p in two.iterdir()} - {".hydra"}
     assert ours == {p.name for p in one.iterdir()} - {".hydra"}  # rank 1 wrote nothing here
+
+
+def test_generation_decodes_its_shards_on_two_ranks_as_one_rank_does(tmp_path: Path) -> None:
+    """task=custom generation (issue #30): each rank decodes its shards of every evaluation set; the
+    metrics and predictions.jsonl (gathered in test order) equal one rank's over the same shards."""
+    import torch
+
+    from tests.conftest import run_inprocess
+    from tests.test_custom_generation import GEN, prompt_completion
+
+    args = [*GEN, f"task.files.train={prompt_completion(tmp_path)}", "optimizer=mezo", "train.shards=2"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the ranks run (launch)
+    try:
+        run_inprocess([*args, "log.wandb=disabled"], one)
+    finally:
+        torch.set_num_threads(threads)
+    launch([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"], two, args)
+    assert rows(two) == rows(one) and {"f1", "dev_em", "eval_loss"} <= set(rows(one)[-1])
+    assert (two / "predictions.jsonl").read_bytes() == (one / "predictions.jsonl").read_bytes()
+    assert len((two / "predictions.jsonl").read_text().splitlines()) == 6
 
 
 def test_shards_are_fixed_and_their_mean_is_the_weighted_mean() -> None:

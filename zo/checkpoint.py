@@ -45,7 +45,7 @@ LEGACY = "checkpoint.pt"  # the pickle format of earlier versions: refused, neve
 FORMAT = "zo-checkpoint/1"
 # What force=true moves aside (the saved model too: a rerun must not leave an old model beside new metrics).
 RUN_FILES = ("metrics.jsonl", "summary.json", "config.yaml", NAME, LEGACY, "wandb", "model", "trajectory.bin",
-             "trajectory.json")  # fmt: skip
+             "trajectory.json", "predictions.jsonl")  # fmt: skip
 # Keys that may differ between a run and its resume: where and how the run is watched, stored and
 # executed, never what it computes. (optimizer.fused runs the same math compiled or eagerly; a device
 # map places the same math, whose noise does not depend on where it runs; the divergence and stall

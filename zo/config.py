@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import codecs
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -98,27 +99,54 @@ class TaskConfig:
     columns: list | None = None
     label_field: str = "label"
     label_words: dict | None = None
+    answer_field: str | None = None
     template: dict | None = None
+    max_new_tokens: int = 50
+    select_on: Literal["auto", "accuracy", "f1", "em", "eval_loss"] = "auto"
 
     def checks(self) -> Checks:
         from data import TASKS
 
-        custom = self.name == "custom"
+        custom = self.files is not None  # the user's own files, under the name its YAML gives
         files, words, template = self.files or {}, self.label_words or {}, self.template or {}
+        generate = custom and not words
+        metrics = ("f1", "em", "eval_loss") if generate else ("accuracy", "eval_loss")
         return {
             "files": (
                 not custom or (set(files) <= {"train", "test"} and bool(files.get("train"))),
                 "{train: PATH (required), test: PATH or null}",
             ),
             "label_words": (
-                not custom or (bool(words) and all(isinstance(w, str) for w in words.values())),
-                'a mapping from each label value to its word, e.g. {"0": " terrible", "1": " great"}',
+                not custom or all(isinstance(w, str) for w in words.values()),
+                'a mapping from each label value to its word, e.g. {0: " terrible", 1: " great"} '
+                "(null for generation)",
+            ),
+            "answer_field": (
+                not (words and self.answer_field),
+                "null with task.label_words (classification): a task classifies or generates",
             ),
             "template": (
-                not custom or (set(template) <= {"causal", "mlm"} and any(template.values())),
-                "{causal: PROMPT, mlm: PROMPT with {mask}} (at least one)",
+                not custom
+                or (
+                    set(template) <= {"causal", "mlm", "chat"}
+                    and template.get("chat", False) in (True, False)
+                    and not (words and template.get("chat"))
+                ),
+                "{causal: PROMPT, mlm: PROMPT with {mask}, chat: true|false (generation only)}",
             ),
-            "name": (self.name in TASKS, "one of " + ", ".join(sorted(TASKS))),
+            "select_on": (
+                self.select_on in (("auto", *metrics) if custom else ("auto",)),
+                f"auto, {', '.join(metrics)} (a {'generation' if generate else 'classification'} task)"
+                if custom
+                else "auto (a key of task=custom only)",
+            ),
+            "max_new_tokens": (self.max_new_tokens >= 1, "max_new_tokens >= 1"),
+            "name": (
+                own_name(self.name) if custom else self.name in TASKS,
+                "a name of your own (letters, digits, _ . -) that no built-in task has"
+                if custom
+                else "one of " + ", ".join(sorted(TASKS)),
+            ),
             "k": (self.k >= 1, "k >= 1"),
             "num_train": (self.num_train >= 1, "num_train >= 1"),
             "num_dev": (self.num_dev >= 0, "num_dev >= 0"),
@@ -128,6 +156,14 @@ class TaskConfig:
             "max_length": (self.max_length >= 1, "max_length >= 1 (tokens)"),
             "encoding": (self.encoding == "auto" or _is_codec(self.encoding), "auto or a Python codec name"),
         }
+
+
+def own_name(name: str) -> bool:
+    """A custom task's name: a file-name-safe word that is not a built-in task's (the report would
+    merge the two); "custom" itself is task=custom's."""
+    from data import TASKS
+
+    return bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name)) and (name == "custom" or name not in TASKS)
 
 
 def _is_codec(name: str) -> bool:

@@ -104,6 +104,23 @@ def sharded_scores(fn: Callable[[Sequence], dict], items: Sequence, shards: int,
     return {k: sum(every[j * n : (j + 1) * n]) / len(items) for j, k in enumerate(keys)}
 
 
+def gathered(local: list, n: int, shards: int, ranks: Ranks) -> list:
+    """Per-item results of a sharded pass over n items (predictions), in item order, on every rank;
+    `local` holds this rank's, its shards' in shard order."""
+    if ranks.world == 1:
+        return list(local)
+    import torch.distributed as dist
+
+    every: list = [None] * ranks.world
+    dist.all_gather_object(every, local)
+    out, taken = [], [0] * ranks.world
+    for i, part in enumerate(pieces(range(n), shards)):
+        owner = i % ranks.world
+        out += every[owner][taken[owner] : taken[owner] + len(part)]
+        taken[owner] += len(part)
+    return out
+
+
 def check(shards: int, ranks: Ranks, backward: bool) -> None:
     if shards % ranks.world:
         raise ZOError(

@@ -7,7 +7,7 @@ One objective per way a model answers:
   classification (cross-entropy over the candidates' scores, MeZO's
   `--train_as_classification`, its OPT setting for classification tasks) or with the
   next-token loss on the gold answer (`train_loss=lm`, MeZO's choice for ReCoRD,
-  COPA, SQuAD, DROP); generation tasks decode greedily and score token F1 / EM.
+  COPA, SQuAD, DROP); generation tasks (zo.generation) decode greedily and score token F1 / EM.
 - `Classifier`: a sequence-classification head (encoders without an MLM head).
 - `Synthetic`: the quadratic, whose forward already is the loss.
 
@@ -40,6 +40,13 @@ def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def cut_left(ids: list[int], room: int) -> list[int]:
+    """At most `room` tokens of a prompt: its first (a BOS, where the tokenizer adds one) and its last."""
+    if len(ids) <= room:
+        return ids
+    return ids[:1] + ids[len(ids) - room + 1 :] if room > 1 else ids[-1:]
+
+
 def _pad(seqs: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad token lists into (input_ids, attention_mask)."""
     width = max(len(s) for s in seqs)
@@ -53,6 +60,7 @@ def _pad(seqs: list[list[int]], pad_id: int, device: torch.device) -> tuple[torc
 
 class Objective:
     metric = "accuracy"
+    predictions: list[dict] | None = None  # generation: each answer of the evaluations since cleared
 
     def loss(self, model: nn.Module, batch: list[Example]) -> torch.Tensor:
         raise NotImplementedError
@@ -155,32 +163,30 @@ class MaskedLM(_Tokenized):
 
 
 class CausalLM(_Tokenized):
-    """Causal LM scoring continuations; also the generation objective for `generate` tasks."""
+    """Causal LM scoring continuations (classification, per-example candidates); generation tasks
+    subclass it (zo.generation.Generation)."""
 
-    def __init__(
-        self, task: Task, tokenizer, max_length: int, train_loss: str = "auto", max_new_tokens: int = 50
-    ) -> None:
+    def __init__(self, task: Task, tokenizer, max_length: int, train_loss: str = "auto") -> None:
         super().__init__(task, tokenizer, max_length)
-        self.max_new_tokens = max_new_tokens
-        if task.task_type == "generate":
-            self.metric = "f1"
         self.train_loss = default_train_loss(task) if train_loss == "auto" else train_loss
-        if self.train_loss == "classification" and task.task_type == "generate":
-            raise ZOError(f"task {task.name} generates answers: it trains with task.train_loss=lm")
 
-    def _sequences(self, pairs: list[tuple[str, str]]) -> tuple[list[list[int]], list[int]]:
+    def context_ids(self, ex: Example) -> list[int]:
+        """The prompt's token ids (whole: `_sequences` cuts them to fit)."""
+        return self.encode(self.task.causal_prompt(ex))
+
+    def _sequences(self, pairs: list[tuple[list[int], str]]) -> tuple[list[list[int]], list[int]]:
         """Token ids of context+continuation, and where the continuation starts (context cut on the left)."""
         seqs, starts = [], []
-        for context, continuation in pairs:
-            ctx, cont = self.encode(context), self.encode(continuation, special=False)
-            room = max(self.max_length - len(cont), 1)
-            if len(ctx) > room:
-                ctx = ctx[:1] + ctx[len(ctx) - room + 1 :] if room > 1 else ctx[-1:]
+        for ctx, continuation in pairs:
+            cont = self.encode(continuation, special=False)
+            ctx = cut_left(ctx, max(self.max_length - len(cont), 1))
             seqs.append(ctx + cont)
             starts.append(len(ctx))
         return seqs, starts
 
-    def continuation_logprobs(self, model: nn.Module, pairs: list[tuple[str, str]]) -> list[torch.Tensor]:
+    def continuation_logprobs(
+        self, model: nn.Module, pairs: list[tuple[list[int], str]]
+    ) -> list[torch.Tensor]:
         """Per pair, the log-probability of each continuation token given everything before it."""
         seqs, starts = self._sequences(pairs)
         ids, mask = _pad(seqs, self.tok.pad_token_id, _device(model))
@@ -196,15 +202,13 @@ class CausalLM(_Tokenized):
         return list(token_lp.split(sizes))
 
     def _gold(self, ex: Example) -> str:
-        if self.task.task_type == "generate":
-            return " " + ex.answers[0]
         return self.task.causal_candidates(ex)[ex.label]
 
     def loss(self, model: nn.Module, batch: list[Example]) -> torch.Tensor:
         if self.train_loss == "classification":  # what evaluation measures: the candidates' cross-entropy
             labels = torch.tensor([ex.label for ex in batch], device=_device(model))
             return F.nll_loss(self.scores(model, batch), labels)
-        pairs = [(self.task.causal_prompt(ex), self._gold(ex)) for ex in batch]
+        pairs = [(self.context_ids(ex), self._gold(ex)) for ex in batch]
         return -torch.cat(self.continuation_logprobs(model, pairs)).mean()
 
     def scores(self, model: nn.Module, batch: list[Example]) -> torch.Tensor:
@@ -221,7 +225,7 @@ class CausalLM(_Tokenized):
 
         Same numbers as scoring each context+candidate sequence, at 1/C of the cost.
         """
-        seqs, _ = self._sequences([(self.task.causal_prompt(ex), "") for ex in batch])
+        seqs, _ = self._sequences([(self.context_ids(ex), "") for ex in batch])
         tokens, mask = _pad(seqs, self.tok.pad_token_id, _device(model))
         hidden = hidden_states(model, tokens, mask)
         last = hidden[torch.arange(len(batch)), torch.tensor([len(s) - 1 for s in seqs])]
@@ -231,8 +235,9 @@ class CausalLM(_Tokenized):
     def _sequence_scores(self, model: nn.Module, batch: list[Example]) -> torch.Tensor:
         pairs, owners = [], []
         for i, ex in enumerate(batch):
+            context = self.context_ids(ex)
             for cand in self.task.causal_candidates(ex):
-                pairs.append((self.task.causal_prompt(ex), cand))
+                pairs.append((context, cand))
                 owners.append(i)
         means = torch.stack([lp.mean() for lp in self.continuation_logprobs(model, pairs)])
         width = max(owners.count(i) for i in range(len(batch)))
@@ -241,36 +246,6 @@ class CausalLM(_Tokenized):
             picked = means[[k for k, o in enumerate(owners) if o == i]]
             out[i, : len(picked)] = picked
         return out.log_softmax(-1)
-
-    def evaluate(self, model: nn.Module, examples: list[Example], batch_size: int) -> dict[str, float]:
-        if self.task.task_type != "generate":
-            return super().evaluate(model, examples, batch_size)
-        from data.metrics import exact_match, f1_score
-
-        f1 = em = 0.0
-        self.tok.padding_side = "left"  # generation continues from the last real token
-        with torch.inference_mode():
-            for batch in batches(examples, batch_size):
-                enc = self.tok(
-                    [self.task.causal_prompt(ex) for ex in batch],
-                    return_tensors="pt",
-                    padding=True,
-                    truncation=True,
-                    max_length=self.max_length,
-                ).to(_device(model))
-                out = model.generate(
-                    input_ids=enc["input_ids"],
-                    attention_mask=enc["attention_mask"],
-                    max_new_tokens=self.max_new_tokens,
-                    do_sample=False,
-                    pad_token_id=self.tok.pad_token_id,
-                )
-                texts = self.tok.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-                for ex, text in zip(batch, texts, strict=True):
-                    answer = text.split("\n")[0].strip()
-                    f1 += f1_score(answer, ex.answers)
-                    em += exact_match(answer, ex.answers)
-        return {"f1": f1 / len(examples), "em": em / len(examples)}
 
 
 class Classifier(_Tokenized):
@@ -322,6 +297,17 @@ def build_objective(task: Task, kind: str, tokenizer, max_length: int, train_los
         raise ZOError("task.train_loss=lm trains a causal LM on its answer tokens: use model.kind=causal")
     if kind == "mlm":
         return MaskedLM(task, tokenizer, max_length)
+    objective = _objective(task, kind, tokenizer, max_length, train_loss)
+    if task.select_on != "auto":  # task=custom's task.select_on (zo.config checks it fits the task)
+        objective.metric = task.select_on
+    return objective
+
+
+def _objective(task: Task, kind: str, tokenizer, max_length: int, train_loss: str) -> Objective:
+    if kind == "causal" and task.task_type == "generate":
+        from zo.generation import Generation
+
+        return Generation(task, tokenizer, max_length, train_loss)
     if kind == "causal":
         return CausalLM(task, tokenizer, max_length, train_loss)
     if task.task_type == "multiple_choice":

@@ -37,9 +37,10 @@ from data.readers import decoding
 from zo import ZOError, checkpoint
 from zo.build import build_run, trajectory_header
 from zo.config import SCHEMA_KEYS, model_config, values
-from zo.distributed import Ranks, ranks_from_env, sharded_mean, sharded_scores
+from zo.distributed import Ranks, gathered, ranks_from_env, sharded_mean, sharded_scores
 from zo.distributed import check as check_shards
-from zo.models import origin, save_model
+from zo.generation import preflight, write_predictions
+from zo.models import load_tokenizer, origin, save_model
 from zo.noise import mix
 from zo.objective import Objective, batches, build_objective
 from zo.optim.base import Probe, ZOOptimizer
@@ -244,11 +245,15 @@ def train(cfg: DictConfig, out_dir: Path, ranks: Ranks, device: torch.device) ->
         task = build_task(cfg.task.name, values(cfg, "task"))
         data = load_data(cfg, task)
         record.summary["model_loaded"] = origin(model_config(cfg))  # refuses a mistyped path first
+        eval_set = data.test[: cfg.train.eval_samples]
+        dev_set = data.dev[: cfg.train.dev_samples]
+        if task.task_type == "generate":  # the objective's refusals and the prompt lengths, before the model
+            kind, t = cfg.model.kind, cfg.task
+            tok = load_tokenizer(model_config(cfg)) if kind == "causal" else None
+            preflight(task, data.train + dev_set + eval_set, kind, tok, t.max_length, t.train_loss)
         model, tokenizer, optimizer, schedule = build_run(cfg, task, device, len(data.train))
         devices = devices_of(model)  # one, or those of a device map (inputs go to the first)
         objective = build_objective(task, cfg.model.kind, tokenizer, cfg.task.max_length, cfg.task.train_loss)
-        eval_set = data.test[: cfg.train.eval_samples]
-        dev_set = data.dev[: cfg.train.dev_samples]
         synthetic = task.task_type == "synthetic"
         if not synthetic and (not data.train or not eval_set):
             raise ZOError(f"task {task.name}: empty train or test split after sampling; check task.* sizes")
@@ -275,8 +280,14 @@ def train(cfg: DictConfig, out_dir: Path, ranks: Ranks, device: torch.device) ->
                 lambda part: objective.evaluate(model, list(part), bs), examples, shards, ranks
             )
 
-        def evaluate() -> dict[str, float]:
+        def evaluate(step: int) -> dict[str, float]:
+            answers = objective.predictions  # generation: every answer, kept from the last evaluation
+            if answers is not None:
+                answers.clear()
             scores = scores_of(eval_set)
+            if answers is not None and step == steps:
+                answers = gathered(answers, len(eval_set), shards, ranks) if sharded else answers
+                record.summary["predictions"] = str(write_predictions(out_dir, answers))
             if dev_set:
                 scores |= {f"dev_{k}": v for k, v in scores_of(dev_set).items()}
             return scores
@@ -311,7 +322,7 @@ def train(cfg: DictConfig, out_dir: Path, ranks: Ranks, device: torch.device) ->
         record.begin(metric, select, selected_on, devices, ranks.world, optimizer.d, data.info)
         check_precision(optimizer, record, cfg)
         if start == 0:
-            record.row({"step": 0, **evaluate()}, evaluated=True)
+            record.row({"step": 0, **evaluate(0)}, evaluated=True)
         stop.armed = True
         # ---- the ZO loop --------------------------------------------------------------------------
         for step in range(start + 1, steps + 1):
@@ -341,7 +352,7 @@ def train(cfg: DictConfig, out_dir: Path, ranks: Ranks, device: torch.device) ->
                 row |= alignment(model, objective, batch, optimizer)
             evaluated = (cfg.train.eval_every and step % cfg.train.eval_every == 0) or step == steps
             if evaluated:
-                row |= evaluate()
+                row |= evaluate(step)
             record.row(row, evaluated)
             if stop.signal is not None or (cfg.ckpt.every and step % cfg.ckpt.every == 0):
                 save(step)

@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from zo import Diverged, ZOError
 from zo.checkpoint import NAME, Folder, resume_command, trained_rows
 
-KEPT = ("em", "eval_loss")  # beside the task's metric, what `final` keeps of the last evaluation
+KEPT = ("accuracy", "f1", "em", "eval_loss")  # what `final` keeps of the last evaluation (with the metric)
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -285,7 +285,8 @@ class RunRecord:
         if select is None:
             return
         best, value = self.summary["best"], row[select]
-        if best is None or (value < best[select] if metric == "loss" else value > best[select]):
+        lower = metric.endswith("loss")  # the quadratic's loss, eval_loss (task.select_on)
+        if best is None or (value < best[select] if lower else value > best[select]):
             self.summary["best"] = {metric: row[metric], select: value, "step": row["step"]}
             self.summary["test_at_best_dev"] = row[metric] if select.startswith("dev_") else None
 
