@@ -40,7 +40,7 @@ from zo.config import SCHEMA_KEYS, model_config, values
 from zo.distributed import Ranks, ranks_from_env, sharded_mean, sharded_scores
 from zo.distributed import check as check_shards
 from zo.models import origin, save_model
-from zo.noise import mix
+from zo.noise import mix, version_of
 from zo.objective import Objective, batches, build_objective
 from zo.optim.base import Probe, ZOOptimizer
 from zo.placement import devices_of, pick_device
@@ -244,7 +244,9 @@ def train(cfg: DictConfig, out_dir: Path, ranks: Ranks, device: torch.device) ->
         task = build_task(cfg.task.name, values(cfg, "task"))
         data = load_data(cfg, task)
         record.summary["model_loaded"] = origin(model_config(cfg))  # refuses a mistyped path first
-        model, tokenizer, optimizer, schedule = build_run(cfg, task, device, len(data.train))
+        # A resumed run draws the noise version its checkpoint records (version 1 if it records none).
+        noise_version = version_of(folder.header) if folder.header else None
+        model, tokenizer, optimizer, schedule = build_run(cfg, task, device, len(data.train), noise_version)
         devices = devices_of(model)  # one, or those of a device map (inputs go to the first)
         objective = build_objective(task, cfg.model.kind, tokenizer, cfg.task.max_length, cfg.task.train_loss)
         eval_set = data.test[: cfg.train.eval_samples]
