@@ -242,7 +242,10 @@ def test_fused_kernels_match_eager_on_bf16_weights(name: str) -> None:
         differ = eager != fused
         assert float(differ.float().mean()) < 0.002
         ulps = (eager.view(torch.int16).int() - fused.view(torch.int16).int()).abs()  # same sign: ulp count
-        assert int(ulps.max()) <= 2  # each side rounds to one of the two neighbours of a value ~equal
+        # Where x and λz nearly cancel, a result far below both differs by their fp32 rounding (~10⁻⁹ at
+        # weights ~0.02), many of its own bf16 ulps: those are held to that absolute difference.
+        cancelled = (eager.float() - fused.float()).abs() <= 2.0**-26
+        assert int(ulps[~cancelled].max()) <= 2  # each side rounds to a neighbour of a value ~equal
 
 
 def test_a_missing_compiler_is_one_clear_line(monkeypatch: pytest.MonkeyPatch) -> None:
