@@ -19,6 +19,7 @@ more so that freed tensors leave RSS at once; it includes Python and torch thems
 optimizer state): what a step adds on top of them.
 
     python bench/step.py                 # prints a table, writes bench/results/step-<device>.json
+    python bench/step.py --arch smollm2-135m --method mezo_v1   # MeZO's step with each noise draw
 """
 
 from __future__ import annotations
@@ -153,6 +154,7 @@ def ours(name: str, **options) -> Callable:
 METHODS = {
     "reference_mezo": lambda model: (ReferenceMeZO(model, 1e-7, 1e-3).step, lambda: None, 2),
     "mezo": ours("mezo"),
+    "mezo_v1": ours("mezo", noise_version=1),  # the Gaussian draw of runs logged before version 2 (zo.noise)
     "mezo_momentum": ours("mezo_momentum"),
     "conmezo": ours("conmezo"),
     "conmezo_gaussian_u": ours("conmezo", unit_u=False),  # u = N(0, I)/√d: no norm pass

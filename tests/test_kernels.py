@@ -11,7 +11,8 @@ from torch import nn
 
 from zo import ZOError, noise
 from zo.flat import FlatParams
-from zo.noise import normal_at, positions, uniform_at
+from zo.fused import kernel
+from zo.noise import normal_at, normal_v1_at, positions, uniform_at
 from zo.optim import build
 from zo.optim.base import OptimConfig
 from zo.rounding import _FORMATS, _gap
@@ -19,20 +20,61 @@ from zo.rounding import _FORMATS, _gap
 CPU = torch.device("cpu")
 
 
-def test_noise_is_standard_normal() -> None:
-    z = normal_at(positions(0, 1_000_000, CPU), seed=42).double()
-    assert abs(float(z.mean())) < 0.005  # σ of the mean: 0.001
-    assert float(z.var()) == pytest.approx(1.0, abs=0.005)
-    assert float((z**4).mean()) == pytest.approx(3.0, abs=0.05)  # Gaussian tails, not uniform-ish
-    assert float((z.abs() > 3).double().mean()) == pytest.approx(0.0027, abs=0.0004)
-    other = normal_at(positions(0, 1_000_000, CPU), seed=43).double()
+@pytest.mark.parametrize("draw", [normal_at, normal_v1_at], ids=["v2", "v1"])
+def test_noise_is_standard_normal(draw) -> None:
+    """Moments, tails and the whole CDF of 10⁶ draws, at ~5σ of each statistic's sampling spread (one
+    fixed seed: the test is deterministic, and a real departure from N(0, 1) is far larger)."""
+    n = 1_000_000
+    z = draw(positions(0, n, CPU), seed=42).double()
+    assert abs(float(z.mean())) < 0.005  # σ of the mean: 1/√n = 0.001
+    assert float(z.var()) == pytest.approx(1.0, abs=0.007)  # σ of the variance: √(2/n) = 0.0014
+    assert float((z**4).mean()) == pytest.approx(3.0, abs=0.05)  # σ: √((105 − 9)/n) = 0.0098
+    assert float((z.abs() > 3).double().mean()) == pytest.approx(0.0027, abs=0.0004)  # σ: 5·10⁻⁵
+    # Kolmogorov–Smirnov: P(√n·D > 1.95) = 0.001 under N(0, 1).
+    cdf = torch.special.ndtr(z.sort().values)
+    steps = torch.arange(n + 1, dtype=torch.float64) / n
+    ks = max(float((steps[1:] - cdf).max()), float((cdf - steps[:-1]).max()))
+    assert ks < 1.95 / math.sqrt(n)
+    # Neighbours are independent, the pairs (2j, 2j+1) that one hash would feed in a paired Box–Muller
+    # included: their correlation and that of their squares, σ 1/√(n/2) = 0.0014 (squares: the same).
+    even, odd = z[0::2], z[1::2]
+    assert abs(float((even * odd).mean())) < 0.007
+    assert abs(float(((even**2 - 1) * (odd**2 - 1)).mean()) / 2) < 0.007
+    assert abs(float((z[:-1] * z[1:]).mean())) < 0.005
+    other = draw(positions(0, n, CPU), seed=43).double()
     assert abs(float((z * other).mean())) < 0.005  # another seed is another stream
 
 
-def test_noise_slices_are_slices_of_one_stream() -> None:
-    """Any stretch of the flat vector regenerates on its own: what per-block perturbation relies on."""
-    whole = normal_at(positions(0, 10_000, CPU), seed=7)
-    assert torch.equal(normal_at(positions(1234, 500, CPU), seed=7), whole[1234:1734])
+def test_draw_version_2_is_box_muller_to_a_few_ulp() -> None:
+    """Version 2 computes √(−2 ln u1)·(±cos(π/2·v)) with its own series for ln and cos: against the
+    same formula in float64 on the same hash bits, every one of 10⁶ draws is within 10⁻⁶ (~2 ulp at
+    |z| = 4), and the series over every one of the 2²⁴ inputs each can get are within 2 ulp."""
+    idx = positions(0, 1_000_000, CPU)
+    bits = noise._hash(idx, 42)
+    u1 = (noise._shr(bits, 40).double() * 2.0**-24 + 2.0**-25).float().double()  # u1 as fp32 holds it
+    sign = 1.0 - 2.0 * ((bits >> 24) & 1).double()
+    v = (bits & 0xFFFFFF).double() * 2.0**-24
+    exact = sign * torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(math.pi / 2 * v)
+    assert float((normal_at(idx, 42).double() - exact).abs().max()) < 1e-6
+    grid = torch.arange(1 << 24, dtype=torch.int32).float() * 2.0**-24  # every v, and every u1 − 2⁻²⁵
+    u = (grid + 2.0**-25).double()
+    ln = noise._log_unit(grid + 2.0**-25).double()
+    assert float(((ln - u.log()).abs() / u.log().abs().clamp_min(1e-30)).max()) < 2 * 2.0**-23
+    assert float((noise._cos_quarter(grid).double() - (math.pi / 2 * grid.double()).cos()).abs().max()) < 2e-7
+
+
+@pytest.mark.parametrize("draw", [normal_at, normal_v1_at], ids=["v2", "v1"])
+def test_noise_slices_are_slices_of_one_stream(draw) -> None:
+    """Any stretch of the flat vector regenerates on its own: what per-block perturbation relies on.
+    Compiled (one C++ loop), the draw agrees with the eager one within float rounding, and a slice of
+    it with the slice of the whole."""
+    whole = draw(positions(0, 10_000, CPU), seed=7)
+    assert torch.equal(draw(positions(1234, 500, CPU), seed=7), whole[1234:1734])
+    assert torch.equal(draw(positions(4321, 333, CPU), seed=7), whole[4321:4654])  # odd start and length
+    fused = kernel(draw, fused=True)
+    compiled = fused(positions(0, 10_000, CPU), 7)
+    torch.testing.assert_close(compiled, whole, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(fused(positions(4321, 333, CPU), 7), compiled[4321:4654], rtol=0, atol=1e-6)
     u = uniform_at(positions(0, 100_000, CPU), seed=7)
     assert float(u.min()) >= 0.0 and float(u.max()) < 1.0
     assert float(u.double().mean()) == pytest.approx(0.5, abs=0.005)
@@ -200,7 +242,10 @@ def test_fused_kernels_match_eager_on_bf16_weights(name: str) -> None:
         differ = eager != fused
         assert float(differ.float().mean()) < 0.002
         ulps = (eager.view(torch.int16).int() - fused.view(torch.int16).int()).abs()  # same sign: ulp count
-        assert int(ulps.max()) <= 2  # each side rounds to one of the two neighbours of a value ~equal
+        # Where x and λz nearly cancel, a result far below both differs by their fp32 rounding (~10⁻⁹ at
+        # weights ~0.02), many of its own bf16 ulps: those are held to that absolute difference.
+        cancelled = (eager.float() - fused.float()).abs() <= 2.0**-26
+        assert int(ulps.masked_fill(cancelled, 0).max()) <= 2  # each rounds to a neighbour of ~one value
 
 
 def test_a_missing_compiler_is_one_clear_line(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -19,7 +19,7 @@ from zo import Diverged, ZOError
 from zo.checkpoint import differences
 from zo.config import SCHEMA_KEYS, ConfigError, optim_config, validate
 from zo.fused import kernel
-from zo.noise import mix, normal_at, positions, rademacher_at
+from zo.noise import mix, normal_at, normal_v1_at, positions, rademacher_at
 from zo.optim import build
 from zo.optim.base import STALL_STEPS, Probe
 from zo.optim.fzoo import FZOOConfig
@@ -174,14 +174,21 @@ def test_rademacher_draw_is_balanced_pm1_and_regenerates_by_slice() -> None:
     assert torch.equal(compiled, r)
 
 
-def test_gaussian_stream_is_unchanged() -> None:
-    """Committed logs replay only if normal_at still draws the numbers it drew before optimizer.noise
-    (pinned from that version; rel 1e-6, not bitwise, so that another CPU's log and cos may pass)."""
-    assert normal_at(positions(0, 4, CPU), seed=42).tolist() == pytest.approx(
+def test_gaussian_streams_are_unchanged() -> None:
+    """Committed logs replay only if each version of the Gaussian draw still draws the numbers it drew
+    (version 1: pinned before optimizer.noise existed; rel 1e-6, not bitwise, so that another CPU's
+    log and cos may pass); version 2 (what new runs draw) likewise."""
+    assert normal_v1_at(positions(0, 4, CPU), seed=42).tolist() == pytest.approx(
         [-0.8716075420379639, 0.676837146282196, -1.5638879537582397, 1.4826443195343018], rel=1e-6
     )
-    assert normal_at(positions(10**9, 3, CPU), seed=7).tolist() == pytest.approx(
+    assert normal_v1_at(positions(10**9, 3, CPU), seed=7).tolist() == pytest.approx(
         [0.5242943167686462, 0.7183293104171753, -2.0415871143341064], rel=1e-6
+    )
+    assert normal_at(positions(0, 4, CPU), seed=42).tolist() == pytest.approx(
+        [0.7038342356681824, -0.09733400493860245, 1.545320987701416, -1.5913938283920288], rel=1e-6
+    )
+    assert normal_at(positions(10**9, 3, CPU), seed=7).tolist() == pytest.approx(
+        [1.5049781799316406, 1.3933104276657104, -1.3934365510940552], rel=1e-6
     )
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-import zo.optim.loren as loren
+import zo.noise
 from tests.conftest import compose
 from tests.test_kernels import tiny_llama
 from tests.test_optim import TwoLayer
@@ -22,7 +22,7 @@ def inject_noise(monkeypatch: pytest.MonkeyPatch, opt, step: int, us: list[torch
     """Probe k of `step` draws u_k (a flat vector over all parameters) instead of its seeded noise."""
     opt.begin_step(step)
     table = {opt.noise_seed(k): u.float() for k, u in enumerate(us)}
-    monkeypatch.setattr(loren, "normal_at", lambda idx, seed: table[seed][idx])
+    monkeypatch.setattr(zo.noise, "normal_at", lambda idx, seed: table[seed][idx])  # what noise_at returns
 
 
 class Half(nn.Module):

@@ -130,3 +130,107 @@ def test_imports_run_one_way_runner_replay_build() -> None:
         imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
         imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         assert "zo.runner" not in imported, name
+
+
+# ---- the noise draw's version (zo.noise) ----------------------------------------------------------
+def as_before_versions(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Draw as the code did before the Gaussian draw had versions: its normal_at was version 1's."""
+    import zo.noise
+
+    monkeypatch.setattr(zo.noise, "normal_at", zo.noise.normal_v1_at)
+
+
+def drop_version(run_dir: Path) -> None:
+    """Make the run's trajectory header (and checkpoint, if any) look written before the version was
+    recorded: without the `noise_version` key."""
+    from zo import checkpoint
+
+    path = run_dir / "trajectory.json"
+    header = json.loads(path.read_text())
+    del header["noise_version"]
+    path.write_text(json.dumps(header))
+    ckpt = run_dir / checkpoint.NAME
+    if ckpt.exists():
+        from safetensors.torch import load_file
+
+        header = checkpoint.read_header(ckpt)
+        del header["noise_version"]
+        checkpoint.write(ckpt.with_suffix(".tmp"), load_file(ckpt), header)  # not over its own mmap
+        ckpt.with_suffix(".tmp").replace(ckpt)
+
+
+def test_new_runs_record_the_current_noise_version(tmp_path: Path) -> None:
+    from zo import checkpoint
+    from zo.noise import NOISE_VERSION
+
+    run_inprocess([*QUAD, "optimizer=mezo", "train.steps=2", "ckpt.every=1"], tmp_path)
+    assert NOISE_VERSION == 2 and read(tmp_path)[0]["noise_version"] == 2
+    assert checkpoint.read_header(tmp_path / checkpoint.NAME)["noise_version"] == 2
+    assert start_of(tmp_path).optimizer.draw == "gaussian"
+
+
+def test_a_log_without_a_noise_version_replays_bitwise_with_version_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, needs_shared
+) -> None:
+    """A tiny-llama run logged by the code before versions (version 1 draws, no key in its header)
+    replays onto its saved model bitwise; read as version 2 it would not."""
+    run = tmp_path / "run"
+    with monkeypatch.context() as m:
+        as_before_versions(m)
+        run_inprocess([*TINY, "optimizer=mezo", "train.steps=4", "task.num_train=16"], run)
+    drop_version(run)
+    s = start_of(run)
+    assert (s.optimizer.cfg.noise_version, s.optimizer.draw) == (1, "gaussian@1")
+    replay_equals_saved_model(run, steps=4)
+    header = json.loads((run / "trajectory.json").read_text())
+    (run / "trajectory.json").write_text(json.dumps({**header, "noise_version": 2}))
+    with pytest.raises(AssertionError):
+        replay_equals_saved_model(run, steps=4)
+
+
+def test_a_checkpoint_without_a_noise_version_resumes_with_version_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run checkpointed by the code before versions and resumed by this one logs what the old code
+    would have logged uninterrupted (and version 2 would not)."""
+    import signal
+
+    import zo.runner
+
+    args = [*QUAD, "optimizer=mezo", "train.steps=6", "train.eval_every=3"]
+    with monkeypatch.context() as m:
+        as_before_versions(m)
+        run_inprocess(args, tmp_path / "whole")
+        batch = zo.runner.train_batch
+
+        def interrupted(train, size, seed, step):
+            if step == 3:
+                signal.raise_signal(signal.SIGINT)  # the loop stops after this step, checkpointed
+            return batch(train, size, seed, step)
+
+        m.setattr(zo.runner, "train_batch", interrupted)
+        assert run_inprocess(args, tmp_path / "split")["status"] == "interrupted"
+    drop_version(tmp_path / "split")
+    assert run_inprocess(args, tmp_path / "split")["status"] == "finished"
+    whole = read_metrics(tmp_path / "whole" / "metrics.jsonl")
+    assert read_metrics(tmp_path / "split" / "metrics.jsonl") == whole
+    run_inprocess(args, tmp_path / "new")  # version 2 from the start: another trajectory
+    assert read_metrics(tmp_path / "new" / "metrics.jsonl")[-1] != whole[-1]
+
+
+def test_the_committed_runs_read_as_version_1(capsys) -> None:
+    """The runs in results/convergence/ were logged before versions: their headers (log and
+    checkpoint) carry none, so they replay and resume with version 1, and --show still reads them."""
+    from tests.conftest import ROOT
+    from zo import checkpoint
+    from zo.noise import version_of
+
+    runs = sorted((ROOT / "results" / "convergence").glob("*/trajectory.json"))
+    assert len(runs) == 18
+    for path in runs:
+        header = read(path.parent)[0]
+        assert "noise_version" not in header and version_of(header) == 1
+        assert version_of(checkpoint.read_header(path.parent / checkpoint.NAME)) == 1
+    assert main([str(runs[0].parent), "--show"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert json.loads(lines[0])["header"]["d"] == 134515008 and json.loads(lines[1])["step"] == 1

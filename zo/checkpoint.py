@@ -4,7 +4,8 @@ A checkpoint holds what a resumed run needs to continue *exactly*: the trainable
 parameters (in ZO full finetuning all of them change), the optimizer's state, the
 step, how many bytes of metrics.jsonl belonged to that step (rows written after it
 are dropped on resume and produced again), the runner's own bookkeeping (best step,
-divergence watch, W&B id) and the resolved config it was written under. Batches and
+divergence watch, W&B id), the resolved config it was written under and the version of
+the noise draw (zo.noise; a checkpoint without one was written by runs that drew version 1). Batches and
 perturbations are pure functions of (seed, step), so no RNG stream needs saving.
 
 The file is safetensors: tensors as raw bytes, everything else as JSON in the header
@@ -172,6 +173,7 @@ def save(out_dir: Path, model: nn.Module, optimizer, step: int, metrics_bytes: i
         "format": FORMAT,
         "mode": mode,
         "step": step,
+        "noise_version": optimizer.cfg.noise_version,  # zo.noise: a resume draws what the run drew
         "metrics_bytes": metrics_bytes,
         "runner": runner,
         "config": config,

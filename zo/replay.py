@@ -4,7 +4,8 @@
     python -m zo.replay RUN_DIR --out DIR       # the finetuned model as a Hugging Face folder
 
 The run folder's `config.yaml` says how to build the model and the optimizer exactly as the run
-did (the same seed gives the same fresh weights and noise); each logged step is then applied with
+did (the same seed gives the same fresh weights and noise; the log's header gives the noise draw's
+version, 1 where it has none); each logged step is then applied with
 `ZOOptimizer.replay`: the step seed regenerates z, the logged losses give the estimate, and the
 update runs, with no forward pass. On CPU the result equals the live run's weights bitwise.
 """
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING
 from torch import nn
 
 from zo import ZOError
+from zo.noise import version_of
 from zo.trajectory import read
 
 if TYPE_CHECKING:  # omegaconf is imported lazily: the GPU image may lack it
@@ -52,7 +54,7 @@ def start_of(run_dir: Path) -> Start:
     cfg = OmegaConf.load(run_dir / "config.yaml")
     task = build_task(cfg.task.name, values(cfg, "task"))
     model, tokenizer, optimizer, schedule = build_run(
-        cfg, task, train_examples=header.get("train_examples", 0)
+        cfg, task, train_examples=header.get("train_examples", 0), noise_version=version_of(header)
     )
     noise = header.get("noise", "gaussian")  # logs written before optimizer.noise existed drew Gaussian z
     if (optimizer.name, optimizer.d, optimizer.cfg.noise) != (header["optimizer"], header["d"], noise):

@@ -41,7 +41,7 @@ from zo.distributed import Ranks, gathered, ranks_from_env, sharded_mean, sharde
 from zo.distributed import check as check_shards
 from zo.generation import preflight, write_predictions
 from zo.models import load_tokenizer, origin, save_model
-from zo.noise import mix
+from zo.noise import mix, version_of
 from zo.objective import Objective, batches, build_objective
 from zo.optim.base import Probe, ZOOptimizer
 from zo.placement import devices_of, pick_device
@@ -251,7 +251,9 @@ def train(cfg: DictConfig, out_dir: Path, ranks: Ranks, device: torch.device) ->
             kind, t = cfg.model.kind, cfg.task
             tok = load_tokenizer(model_config(cfg)) if kind == "causal" else None
             preflight(task, data.train + dev_set + eval_set, kind, tok, t.max_length, t.train_loss)
-        model, tokenizer, optimizer, schedule = build_run(cfg, task, device, len(data.train))
+        # A resumed run draws the noise version its checkpoint records (version 1 if it records none).
+        noise_version = version_of(folder.header) if folder.header else None
+        model, tokenizer, optimizer, schedule = build_run(cfg, task, device, len(data.train), noise_version)
         devices = devices_of(model)  # one, or those of a device map (inputs go to the first)
         objective = build_objective(task, cfg.model.kind, tokenizer, cfg.task.max_length, cfg.task.train_loss)
         synthetic = task.task_type == "synthetic"

@@ -9,9 +9,10 @@ rebuilds the finetuned weights from the base model and this log, bitwise equal o
 One record per step: uint32 step, uint8 number of probes n, n float64 losses, little-endian;
 21 bytes for the two-probe methods (MeZO, its momentum, ConMeZO, MEAZO, ZO-Adam, LOZO), 29 for
 HiZOO, 85 for LOREN's K = 10. The header fixes what the bytes mean and what they apply to: the
-optimizer, d, the direction's noise (gaussian or rademacher; a header without it is gaussian),
-the model and dtype, the trainable set. First-order runs write no log (their updates need the
-gradients). FZOO's N = 8 probes and l_0 take 77 bytes.
+optimizer, d, the direction's noise (gaussian or rademacher; a header without it is gaussian) and
+its draw's version (zo.noise; a header without it is version 1), the model and dtype, the
+trainable set. First-order runs write no log (their updates need the gradients). FZOO's N = 8
+probes and l_0 take 77 bytes.
 
 Records are appended as steps finish; on resume the log is cut back to the checkpoint's step, so
 it always matches the weights that the run continues from.

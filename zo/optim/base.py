@@ -55,7 +55,7 @@ from torch import nn
 from zo import Diverged, ZOError
 from zo.flat import FlatParams, Run, Segment, block_limit, blocks
 from zo.fused import kernel
-from zo.noise import NOISES, mix, noise_at, positions
+from zo.noise import NOISE_VERSION, NOISE_VERSIONS, NOISES, draw_name, mix, noise_at, positions
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 LAYOUT = "flat-v1"  # checkpoints of optimizer state say which layout their buffers follow
@@ -78,6 +78,9 @@ class OptimConfig:
     fused: bool = True  # torch.compile the passes over the weights (False: same math eagerly, slower)
     queries: int = 1  # probe pairs (or probes) per step, for the methods that take several
     noise: str = "gaussian"  # gaussian | rademacher: the distribution of each entry of n (zo.noise)
+    # Which version of the Gaussian draw (zo.noise): not a YAML key. New runs draw the current one;
+    # a replay or a resume builds the optimizer with the version its log or checkpoint records.
+    noise_version: int = NOISE_VERSION
     noises: ClassVar[tuple[str, ...]] = NOISES  # the kinds of `noise` this method's direction can take
 
     def __post_init__(self) -> None:
@@ -101,6 +104,7 @@ class OptimConfig:
             "theta": (0.0 <= self.theta <= math.pi / 2, "0 <= theta <= pi/2 (radians)"),
             "momentum_dtype": (self.momentum_dtype in moms, "one of " + ", ".join(moms)),
             "queries": (self.queries >= 1, "queries >= 1"),
+            "noise_version": (self.noise_version in NOISE_VERSIONS, f"one of {NOISE_VERSIONS}"),
         }
 
 
@@ -379,6 +383,11 @@ class ZOOptimizer:
         return {}
 
     # ---- directions ---------------------------------------------------------------------------
+    @property
+    def draw(self) -> str:
+        """The `noise` argument of the kernels (zo.noise.draw_name): the kind and its draw's version."""
+        return draw_name(self.cfg.noise, self.cfg.noise_version)
+
     def begin_step(self, step: int) -> None:
         """Fix the step's randomness: everything drawn this step is a function of (seed, step)."""
         self.step_seed = mix(self.seed, step)
@@ -416,7 +425,7 @@ class ZOOptimizer:
         a, c = self.coefficients()
         m = None if self.rows.is_zero(c) else self.rows.view(self._momentum_slice(run))
         start = self.flat.slice(run)[1]
-        seed, noise = self.noise_seed(), self.cfg.noise
+        seed, noise = self.noise_seed(), self.draw
         out = self.kernel(perturbed)(self.rows.view(x), m, start, seed, noise, scale * a, scale * c)
         return out.view_as(x)
 
@@ -428,7 +437,7 @@ class ZOOptimizer:
         run = seg.run()
         m = self._momentum_slice(run).view(seg.param.shape) if c != 0.0 else None
         start = self.flat.slice(run)[1]
-        seed, noise = self.noise_seed(), self.cfg.noise
+        seed, noise = self.noise_seed(), self.draw
         return self.kernel(perturbed_rows)(rows, m, ids, start, seed, noise, scale * a, scale * c)
 
     # ---- perturbation -------------------------------------------------------------------------

@@ -81,14 +81,14 @@ class ConMeZO(ZOOptimizer):
         self.momentum = self.new_momentum()
         fill, sr, seed = self.kernel(fill_noise), cfg.stochastic_rounding, self.step_seed
         for buffer, m in zip(self.flat.buffers, self.momentum, strict=True):
-            fill(self.rows.view(m), buffer.offset, seed, cfg.noise, self.u_scale, self.round_seed(2), sr)
+            fill(self.rows.view(m), buffer.offset, seed, self.draw, self.u_scale, self.round_seed(2), sr)
         self.m_norm = self._momentum_norm()
 
     def begin_step(self, step: int) -> None:
         super().begin_step(step)
         # u = n/‖n‖ needs this step's ‖n‖ before the first perturbed forward; a Rademacher n has ‖n‖ = √d.
         if self.cfg.unit_u and self.cfg.noise != "rademacher":
-            norm_sq, seed, noise = self.kernel(noise_sq), self.step_seed, self.cfg.noise
+            norm_sq, seed, noise = self.kernel(noise_sq), self.step_seed, self.draw
             parts = (norm_sq(self.rows.view(b.data), b.offset, seed, noise) for b in self.flat.buffers)
             total = self.rows.total(parts)
             self.u_scale = 1.0 / self.rows.norm(total)  # one host sync, not one per buffer
@@ -100,7 +100,7 @@ class ConMeZO(ZOOptimizer):
         assert beta is not None
         seeds = (self.step_seed, self.round_seed(1), self.round_seed(2))
         coef = self.coefficients()  # the old m and ‖m‖: z must be the one the forwards saw
-        step, noise, sr = self.kernel(conmezo_step), self.cfg.noise, self.cfg.stochastic_rounding
+        step, noise, sr = self.kernel(conmezo_step), self.draw, self.cfg.stochastic_rounding
         for x, m, start, decay in self.slices(lr):
             step(x, m, start, seeds, noise, coef, decay, self.projected_grad, lr, beta, sr)
         self.m_norm = self._momentum_norm()

@@ -112,7 +112,7 @@ class FZOO(ZOOptimizer):
         if self.coef is None:
             return
         (seed, move), *others = [(self.noise_seed(k), lr * c) for k, c in enumerate(self.coef, start=1)]
-        step, noise, sr = self.kernel(mezo_step), self.cfg.noise, self.cfg.stochastic_rounding
+        step, noise, sr = self.kernel(mezo_step), self.draw, self.cfg.stochastic_rounding
         for x, _, start, decay in self.slices(lr):
             step(x, start, seed, noise, self.round_seed(1), decay, move, sr, tuple(others))
 

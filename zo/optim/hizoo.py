@@ -124,7 +124,7 @@ class HiZOO(ZOOptimizer):
 
     def block_weights(self, x: torch.Tensor, run: Run, scale: float) -> torch.Tensor:
         start, h = self.flat.slice(run)[1], self.rows.view(self._hessian_slice(run))
-        seed, noise = self.noise_seed(), self.cfg.noise
+        seed, noise = self.noise_seed(), self.draw
         return self.kernel(preconditioned)(self.rows.view(x), h, start, seed, noise, scale).view_as(x)
 
     def embedding_rows(
@@ -133,7 +133,7 @@ class HiZOO(ZOOptimizer):
         run = seg.run()
         h = self._hessian_slice(run).view(seg.param.shape)
         start = self.flat.slice(run)[1]
-        return self.kernel(preconditioned_rows)(rows, h, ids, start, self.noise_seed(), self.cfg.noise, scale)
+        return self.kernel(preconditioned_rows)(rows, h, ids, start, self.noise_seed(), self.draw, scale)
 
     def estimate(self, losses: Sequence[float]) -> float:
         """p = (L₊ − L₋)/2ε, and the curvature along u that the update folds into H."""
@@ -146,7 +146,7 @@ class HiZOO(ZOOptimizer):
     def update(self, lr: float, beta: float | None) -> None:
         seeds = (self.step_seed, self.round_seed(1), self.round_seed(2))
         step, alpha, sr = self.kernel(hizoo_step), self.cfg.hessian_smooth, self.cfg.stochastic_rounding
-        noise = self.cfg.noise
+        noise = self.draw
         # slices() walks the update runs in order; H is sliced like x, so it needs the run's buffer.
         for run, (x, _, start, decay) in zip(self._update_runs, self.slices(lr), strict=True):
             h = self.rows.view(self._hessian_slice(run))

@@ -57,7 +57,7 @@ import torch
 
 from zo import ZOError
 from zo.flat import Run, Segment
-from zo.noise import mix, normal_at, positions
+from zo.noise import mix, noise_at, positions
 from zo.optim import register
 from zo.optim.base import OptimConfig, Probe, ZOOptimizer
 from zo.rounding import round_to
@@ -96,28 +96,35 @@ def shape_terms(a: torch.Tensor, rows: int, damping: float) -> Terms:
 
 
 def probe_terms(
-    like: torch.Tensor, start: int, seed: int, a: torch.Tensor, damping: float
+    like: torch.Tensor, start: int, seed: int, noise: str, a: torch.Tensor, damping: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(Σ_i U_ij, γ t) of a probe's noise over a (rows, n) block at flat index start, under a.
 
     A pass that only draws noise (`like` gives the shape and device): the column sums are what t
     and the block's score need under any later a; γ t is what this probe's rows of z need."""
     idx = positions(start, like.numel(), like.device).view(like.shape)
-    colsum = normal_at(idx, seed).sum(0)
+    colsum = noise_at(noise)(idx, seed).sum(0)
     return colsum, shape_terms(a, like.shape[0], damping)[3] * colsum.dot(a)
 
 
-def rank1_z(idx: torch.Tensor, seed: int, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """z = u − g·a along each row (g = γ t): rows of S u, given the whole block's t."""
-    return normal_at(idx, seed) - g * a
+def rank1_z(idx: torch.Tensor, seed: int, noise: str, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """z = u − g·a along each row (g = γ t): rows of S u, given the whole block's t (u of draw `noise`)."""
+    return noise_at(noise)(idx, seed) - g * a
 
 
 def perturb_into(
-    out: torch.Tensor, x: torch.Tensor, start: int, seed: int, a: torch.Tensor, g: torch.Tensor, scale: float
+    out: torch.Tensor,
+    x: torch.Tensor,
+    start: int,
+    seed: int,
+    noise: str,
+    a: torch.Tensor,
+    g: torch.Tensor,
+    scale: float,
 ) -> None:
     """out ← x + scale·z over a (rows, n) piece of a block whose first element is at flat index start."""
     idx = positions(start, x.numel(), x.device).view(x.shape)
-    out.copy_((x.float() + scale * rank1_z(idx, seed, a, g)).to(out.dtype))
+    out.copy_((x.float() + scale * rank1_z(idx, seed, noise, a, g)).to(out.dtype))
 
 
 def rows_at(
@@ -125,6 +132,7 @@ def rows_at(
     ids: torch.Tensor,
     start: int,
     seed: int,
+    noise: str,
     a: torch.Tensor,
     g: torch.Tensor,
     scale: float,
@@ -132,7 +140,7 @@ def rows_at(
     """Rows `ids` of an embedding at x + scale·z, given its looked-up rows (indices as in perturb_into)."""
     width = rows.shape[-1]
     idx = start + ids.unsqueeze(-1) * width + torch.arange(width, device=rows.device)
-    return (rows.float() + scale * rank1_z(idx, seed, a, g)).to(rows.dtype)
+    return (rows.float() + scale * rank1_z(idx, seed, noise, a, g)).to(rows.dtype)
 
 
 def covariance_pass(
@@ -176,6 +184,7 @@ def loren_step(
     m: torch.Tensor | None,
     start: int,
     seeds: tuple[int, ...],
+    noise: str,
     coefs: tuple[tuple[float, ...], tuple[float, ...]],
     keep: tuple[float, float, float],
     rx: torch.Tensor,
@@ -194,7 +203,7 @@ def loren_step(
         new_x = new_x + q * m_old
         new_m = r * m_old + rm
     for seed, cx, cm in zip(seeds, *coefs, strict=True):
-        u = normal_at(idx, seed)
+        u = noise_at(noise)(idx, seed)
         new_x = new_x - cx * u
         if new_m is not None:
             new_m = new_m + cm * u
@@ -237,7 +246,7 @@ class Loren(ZOOptimizer):
         self._cols = [s.numel // r for s, r in zip(segments, self._rows, strict=True)]
         device = [s.param.device for s in segments]
         self.a = [
-            normal_at(positions(0, n, dev), mix(seed, A_SALT, i))
+            noise_at(self.draw)(positions(0, n, dev), mix(seed, A_SALT, i))
             for i, (n, dev) in enumerate(zip(self._cols, device, strict=True))
         ]
         self.momentum = self.new_momentum() if any(self._matrix) else None
@@ -271,7 +280,7 @@ class Loren(ZOOptimizer):
         if (k, i) not in self._g:
             like, start = self._block(i)
             colsum, self._g[k, i] = self.kernel(probe_terms)(
-                like, start, self.noise_seed(k), self.a[i], self.cfg.damping
+                like, start, self.noise_seed(k), self.draw, self.a[i], self.cfg.damping
             )
             self._colsums[i][k] = colsum
         return self._g[k, i]
@@ -297,7 +306,7 @@ class Loren(ZOOptimizer):
             lo = self.flat.segments[i].start + row * n - run.start
             piece = slice(lo, lo + rows * n)
             a, g = self._rank1(i)
-            fill(out[piece].view(rows, n), x[piece].view(rows, n), start + lo, seed, a, g, scale)
+            fill(out[piece].view(rows, n), x[piece].view(rows, n), start + lo, seed, self.draw, a, g, scale)
         return out
 
     def embedding_rows(
@@ -306,7 +315,7 @@ class Loren(ZOOptimizer):
         i = self._index[id(seg.param)]
         a, g = self._rank1(i)
         start = self.flat.slice(seg.run())[1]
-        return self.kernel(rows_at)(rows, ids, start, self.noise_seed(), a, g, scale)
+        return self.kernel(rows_at)(rows, ids, start, self.noise_seed(), self.draw, a, g, scale)
 
     # ---- estimate and update ----------------------------------------------------------------------
     def estimate(self, losses: Sequence[float]) -> float:
@@ -341,7 +350,7 @@ class Loren(ZOOptimizer):
             )  # fmt: skip
             x, start = self._block(i)
             m = self._momentum_slice(seg.run()).view_as(x) if matrix else None
-            step(x, m, start, seeds, (chi, mu), keep, rx, rm, rounds, cfg.stochastic_rounding)
+            step(x, m, start, seeds, self.draw, (chi, mu), keep, rx, rm, rounds, cfg.stochastic_rounding)
         self._g.clear()  # γ t belonged to the old a: a later `direction` draws again, under the new one
 
     # ---- state ------------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ from torch import nn
 
 from zo import ZOError
 from zo.flat import Run, Segment, block_limit
-from zo.noise import EAGER_PIECE, mix, normal_at, positions
+from zo.noise import EAGER_PIECE, mix, noise_at, positions
 from zo.optim import register
 from zo.optim.base import OptimConfig, ZOOptimizer
 from zo.optim.mezo import mezo_step
@@ -144,13 +144,13 @@ class LOZO(ZOOptimizer):
         r = self.rank
         base = r * self.matrices[k].start
         idx = base + rows.unsqueeze(-1) * r + torch.arange(r, device=rows.device)
-        return normal_at(idx, mix(self.noise_seed(), U_TAG))
+        return noise_at(self.draw)(idx, mix(self.noise_seed(), U_TAG))
 
     def draw_v(self, k: int, step: int) -> torch.Tensor:
         """Matrix k's V (n×r) as drawn at reference step `step`."""
         mat, r = self.matrices[k], self.rank
         idx = positions(r * mat.start, mat.width * r, mat.seg.param.device)
-        return normal_at(idx, mix(self.seed, V_TAG, step)).view(mat.width, r)
+        return noise_at(self.draw)(idx, mix(self.seed, V_TAG, step)).view(mat.width, r)
 
     def begin_step(self, step: int) -> None:
         super().begin_step(step)
@@ -247,7 +247,7 @@ class LOZO(ZOOptimizer):
 
     def _update_vectors(self, lr: float, c: float, beta: float) -> None:
         """MeZO (LOZO) or MeZO with momentum (LOZO-M) on the biases and norms."""
-        sr, noise = self.cfg.stochastic_rounding, self.cfg.noise
+        sr, noise = self.cfg.stochastic_rounding, self.draw
         seed, rseed = self.step_seed, self.round_seed(1)
         for i, run in enumerate(self.vector_runs):
             x, start = self.flat.slice(run)

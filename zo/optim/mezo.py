@@ -95,7 +95,7 @@ class MeZO(ZOOptimizer):
     def move(self, step_lr: float, decay_lr: float) -> None:
         """x ← (1 − decay_lr·wd)·x − step_lr·(1/q) Σ_k p_k z_k: MeZO's update, whose two lrs are the
         same η (MEAZO's adaptive step keeps the decay at η)."""
-        step, noise = self.kernel(mezo_step), self.cfg.noise
+        step, noise = self.kernel(mezo_step), self.draw
         seed, move, others = self.directions(step_lr)
         for x, _, start, decay in self.slices(decay_lr):
             step(x, start, seed, noise, self.round_seed(1), decay, move, self.cfg.stochastic_rounding, others)

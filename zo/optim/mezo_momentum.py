@@ -47,6 +47,6 @@ class MeZOMomentum(MeZO):
     def update(self, lr: float, beta: float | None) -> None:
         assert beta is not None
         seeds = (self.step_seed, self.round_seed(1), self.round_seed(2))
-        step, noise, sr = self.kernel(momentum_step), self.cfg.noise, self.cfg.stochastic_rounding
+        step, noise, sr = self.kernel(momentum_step), self.draw, self.cfg.stochastic_rounding
         for x, m, start, decay in self.slices(lr):
             step(x, m, start, seeds, noise, decay, self.projected_grad, lr, beta, sr)

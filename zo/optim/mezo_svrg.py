@@ -216,7 +216,7 @@ class MeZOSVRG(ZOOptimizer):
             lr, move, anchor = lr_full, lr_full * p, ()
         else:
             move, anchor = lr * (p - self.snapshot_grad), ((self.anchor_seed, lr * self.anchor_grad),)
-        step, noise, sr = self.kernel(mezo_step), self.cfg.noise, self.cfg.stochastic_rounding
+        step, noise, sr = self.kernel(mezo_step), self.draw, self.cfg.stochastic_rounding
         for x, _, start, decay in self.slices(lr):
             step(x, start, self.step_seed, noise, self.round_seed(1), decay, move, sr, anchor)
 

@@ -121,7 +121,7 @@ class ZOAdam(MeZO):
         self.steps += 1
         hyper, form = self.adam_form()
         seed, coef, others = self.directions(1.0)  # g = (1/q) Σ p_k z_k
-        direction = (seed, cfg.noise, coef, others)
+        direction = (seed, self.draw, coef, others)
         seeds = (self.round_seed(1), self.round_seed(2), self.round_seed(3), self.round_seed(4))
         step = self.kernel(adam_step)
         assert self.momentum is not None
