@@ -22,12 +22,15 @@ if TYPE_CHECKING:  # omegaconf is imported lazily: the GPU image may lack it
 
 
 def trajectory_header(cfg: DictConfig, optimizer: ZOOptimizer, train_examples: int) -> dict:
-    """What the trajectory log's losses apply to (zo.replay checks it against the run's config), and
-    the training set's size, which a replay cannot learn from config.yaml without loading the data."""
+    """What the trajectory log's losses apply to (zo.replay checks it against the run's config), the
+    training set's size, which a replay cannot learn from config.yaml without loading the data, and
+    how the probes' forwards ran (optimizer.batched_probes; the replay needs only the losses)."""
     m = cfg.model
-    return {"optimizer": optimizer.name, "d": optimizer.d, "noise": optimizer.cfg.noise, "model": m.name,
+    o = optimizer.cfg
+    return {"optimizer": optimizer.name, "d": optimizer.d, "noise": o.noise, "model": m.name,
             "dtype": m.dtype, "trainable": m.trainable, "seed": cfg.train.seed,
-            "steps": cfg.train.steps, "train_examples": train_examples}  # fmt: skip
+            "steps": cfg.train.steps, "train_examples": train_examples,
+            "batched_probes": o.batched_probes, "probe_chunk": o.probe_chunk}  # fmt: skip
 
 
 def build_run(

@@ -126,8 +126,8 @@ def mean_losses(objective: Objective, model, examples: list, chunk: int, copies:
     """`mean_loss` of each of `copies` probes side by side (optimizer.batched_probes, zo.batched): each
     forward runs a part of the examples repeated once per probe."""
     totals = [0.0] * copies
-    for part in batches(examples, chunk):
-        losses = objective.losses(model, part, copies) * (len(part) / len(examples))
+    for part in list(batches(examples, chunk)) if examples else [examples]:  # (the quadratic refuses)
+        losses = objective.losses(model, part, copies) * (len(part) / len(examples) if examples else 1.0)
         totals = [t + v for t, v in zip(totals, losses.tolist(), strict=True)]
     return totals
 
