@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 import zo.noise
+import zo.optim.loren as loren
 from tests.conftest import compose
 from tests.test_kernels import tiny_llama
 from tests.test_optim import TwoLayer
@@ -213,3 +214,27 @@ def test_perturbation_restores_bf16_parameters_bitwise() -> None:
 def test_config_refuses_one_probe_and_no_damping(override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         validate(compose(["optimizer=loren", override]))
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_the_update_in_row_pieces_is_the_update_in_one_pass(
+    monkeypatch: pytest.MonkeyPatch, fused: bool
+) -> None:
+    """A tensor's update runs in pieces of rows (bench/step.py: a whole embedding in one compiled call
+    held three fp32 copies of it); the pieces land on bitwise the same x, M and a."""
+    tokens = torch.arange(12).view(2, 6)
+    results = []
+    for whole in (True, False):
+        monkeypatch.setattr(loren, "EAGER_PIECE", 40)  # 300×32 embedding: 1-row pieces
+        if whole:
+            monkeypatch.setattr(loren.Loren, "_pieces_of", lambda self, i: [(0, self._rows[i])])
+        model = tiny_llama(torch.float32, layers=2)
+        opt = build(model, {"name": "loren", "queries": 3, "weight_decay": 0.1, "fused": fused}, seed=0)
+        embedding = opt._index[id(model.model.embed_tokens.weight)]
+        assert len(opt._pieces_of(embedding)) == (1 if whole else 300)
+        with torch.no_grad():
+            for t in (1, 2):
+                opt.step(t, lambda probe, m=model: m(input_ids=tokens, labels=tokens).loss.item(), 1e-2, None)
+        results.append([*(b.data.clone() for b in opt.flat.buffers), *opt.momentum, *opt.a])
+        monkeypatch.undo()
+    assert all(torch.equal(a, b) for a, b in zip(*results, strict=True))

@@ -24,13 +24,16 @@ if TYPE_CHECKING:  # omegaconf is imported lazily: the GPU image may lack it
 
 def trajectory_header(cfg: DictConfig, optimizer: ZOOptimizer, train_examples: int) -> dict:
     """What the trajectory log's losses apply to (zo.replay checks it against the run's config), and
-    what a replay cannot learn from config.yaml: the training set's size (without loading the data)
-    and the version of the noise draw (zo.noise; a header without it is version 1)."""
+    what a replay cannot learn from config.yaml: the training set's size (without loading the data),
+    the version of the noise draw (zo.noise; a header without it is version 1), and how the probes'
+    forwards ran (optimizer.batched_probes; the replay needs only the losses)."""
     m = cfg.model
-    return {"optimizer": optimizer.name, "d": optimizer.d, "noise": optimizer.cfg.noise,
-            "noise_version": optimizer.cfg.noise_version, "model": m.name, "dtype": m.dtype,
+    o = optimizer.cfg
+    return {"optimizer": optimizer.name, "d": optimizer.d, "noise": o.noise,
+            "noise_version": o.noise_version, "model": m.name, "dtype": m.dtype,
             "trainable": m.trainable, "seed": cfg.train.seed, "steps": cfg.train.steps,
-            "train_examples": train_examples}  # fmt: skip
+            "train_examples": train_examples, "batched_probes": o.batched_probes,
+            "probe_chunk": o.probe_chunk}  # fmt: skip
 
 
 def build_run(

@@ -30,7 +30,7 @@ from zo import ZOError
 from zo.models import KINDS, ModelConfig
 from zo.optim import get
 from zo.optim import names as optimizer_names
-from zo.optim.base import DTYPES, OptimConfig
+from zo.optim.base import DTYPES, OptimConfig, ZOOptimizer
 from zo.schedule import ScheduleConfig
 
 SOURCES = ("hub", "smollm2_wheel", "minilm_wheel", "tiny", "quadratic")
@@ -392,6 +392,8 @@ def optim_config(cfg: DictConfig) -> OptimConfig:
         raise ConfigError(str(err)) from err
     if o.queries > 1 and not cls.supports_queries:
         raise ConfigError(f"optimizer.queries={o.queries} is invalid: {name} takes one probe pair a step (1)")
+    if o.batched_probes and not issubclass(cls, ZOOptimizer):
+        raise ConfigError(f"optimizer.batched_probes=true is invalid: {name} takes gradients, not probes")
     return o
 
 

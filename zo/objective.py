@@ -65,6 +65,15 @@ class Objective:
     def loss(self, model: nn.Module, batch: list[Example]) -> torch.Tensor:
         raise NotImplementedError
 
+    def losses(self, model: nn.Module, batch: list[Example], copies: int) -> torch.Tensor:
+        """`loss` of each of `copies` copies of the batch, from one forward over the batch repeated
+        along dim 0 (copy j is rows [j·n, (j+1)·n)): what optimizer.batched_probes evaluates, each
+        copy's rows at its own probe's weights (zo.batched)."""
+        raise ZOError(
+            f"the {type(self).__name__} objective has no batch to repeat per probe: "
+            "set optimizer.batched_probes=false"
+        )
+
     def evaluate(self, model: nn.Module, examples: list[Example], batch_size: int) -> dict[str, float]:
         raise NotImplementedError
 
@@ -105,6 +114,12 @@ class _Tokenized(Objective):
 
     def scores(self, model: nn.Module, batch: list[Example]) -> torch.Tensor:
         raise NotImplementedError
+
+    def losses(self, model: nn.Module, batch: list[Example], copies: int) -> torch.Tensor:
+        """Per copy, the cross-entropy of its scores (what `loss` is for these objectives)."""
+        labels = torch.tensor([ex.label for ex in batch] * copies, device=_device(model))
+        each = F.nll_loss(self.scores(model, batch * copies), labels, reduction="none")
+        return each.view(copies, len(batch)).mean(1)
 
 
 def hidden_states(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -210,6 +225,13 @@ class CausalLM(_Tokenized):
             return F.nll_loss(self.scores(model, batch), labels)
         pairs = [(self.context_ids(ex), self._gold(ex)) for ex in batch]
         return -torch.cat(self.continuation_logprobs(model, pairs)).mean()
+
+    def losses(self, model: nn.Module, batch: list[Example], copies: int) -> torch.Tensor:
+        if self.train_loss == "classification":
+            return super().losses(model, batch, copies)
+        pairs = [(self.task.causal_prompt(ex), self._gold(ex)) for ex in batch] * copies
+        lps, n = self.continuation_logprobs(model, pairs), len(batch)
+        return torch.stack([-torch.cat(lps[j * n : (j + 1) * n]).mean() for j in range(copies)])
 
     def scores(self, model: nn.Module, batch: list[Example]) -> torch.Tensor:
         candidates = [self.task.causal_candidates(ex) for ex in batch]

@@ -123,6 +123,16 @@ def mean_loss(objective: Objective, model, examples: list, chunk: int, backward:
     return total
 
 
+def mean_losses(objective: Objective, model, examples: list, chunk: int, copies: int) -> list[float]:
+    """`mean_loss` of each of `copies` probes side by side (optimizer.batched_probes, zo.batched): each
+    forward runs a part of the examples repeated once per probe."""
+    totals = [0.0] * copies
+    for part in list(batches(examples, chunk)) if examples else [examples]:  # (the quadratic refuses)
+        losses = objective.losses(model, part, copies) * (len(part) / len(examples) if examples else 1.0)
+        totals = [t + v for t, v in zip(totals, losses.tolist(), strict=True)]
+    return totals
+
+
 class StopFlag:
     """SIGTERM, SIGINT and SIGUSR2 (Slurm's warning before a time limit) ask the loop to checkpoint
     and leave after the current step.
@@ -294,7 +304,17 @@ def train(cfg: DictConfig, out_dir: Path, ranks: Ranks, device: torch.device) ->
                 scores |= {f"dev_{k}": v for k, v in scores_of(dev_set).items()}
             return scores
 
-        def probe_loss(probe: Probe, batch: list) -> float:
+        def probe_loss(probe: Probe | tuple[Probe, ...], batch: list) -> float | list[float]:
+            if isinstance(probe, tuple):  # optimizer.batched_probes: the probes side by side, on the batch
+                copies = len(probe)
+                if sharded:  # each shard's losses, combined as an evaluation's scores are
+
+                    def per_shard(part) -> dict[int, float]:
+                        return dict(enumerate(mean_losses(objective, model, list(part), bs, copies)))
+
+                    means = sharded_scores(per_shard, batch, shards, ranks)
+                    return [means[j] for j in range(copies)]
+                return mean_losses(objective, model, batch, bs, copies)
             examples = data.train if probe.data == "full" else batch
             if sharded:
                 return sharded_mean(lambda part: mean_loss(objective, model, list(part), bs, backward=False),

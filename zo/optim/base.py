@@ -81,6 +81,8 @@ class OptimConfig:
     # Which version of the Gaussian draw (zo.noise): not a YAML key. New runs draw the current one;
     # a replay or a resume builds the optimizer with the version its log or checkpoint records.
     noise_version: int = NOISE_VERSION
+    batched_probes: bool = False  # the probes on the batch at the live weights share one forward (zo.batched)
+    probe_chunk: int = 0  # batched_probes: at most this many probes per forward (0: all of them)
     noises: ClassVar[tuple[str, ...]] = NOISES  # the kinds of `noise` this method's direction can take
 
     def __post_init__(self) -> None:
@@ -105,6 +107,7 @@ class OptimConfig:
             "momentum_dtype": (self.momentum_dtype in moms, "one of " + ", ".join(moms)),
             "queries": (self.queries >= 1, "queries >= 1"),
             "noise_version": (self.noise_version in NOISE_VERSIONS, f"one of {NOISE_VERSIONS}"),
+            "probe_chunk": (self.probe_chunk >= 0, "probe_chunk >= 0 (0: every probe in one forward)"),
         }
 
 
@@ -314,9 +317,16 @@ class ZOOptimizer:
         self._active: dict[int, tuple[nn.Parameter, torch.Tensor]] = {}
         self._touched: set[int] | None = None
         self._verified = False
+        self._entries: list[nn.Module] = []  # every module a hook perturbs on entry (zo.batched wraps them)
         self._hooks = self._install_hooks(
             model, [(m, [self.flat.index[id(p)] for p in ps]) for m, ps in hooked]
         )
+        self.batched = None  # optimizer.batched_probes: runs a step's probes side by side (zo.batched)
+        if cfg.batched_probes:
+            from zo.batched import BatchedProbes
+
+            self.batched = BatchedProbes(self, self._entries)
+            self._hooks += self.batched.handles
         decays = cfg.weight_decay != 0.0  # split the update only where the decay factor differs
         self._update_runs = self.flat.runs(self.flat.segments, lambda a, b: decays and a.decays != b.decays)
 
@@ -337,7 +347,7 @@ class ZOOptimizer:
 
     def close(self) -> None:
         """Remove the hooks (and chunked forwards), so another optimizer can drive the same model."""
-        for handle in self._hooks:
+        for handle in reversed(self._hooks):  # the last installed wraps the ones before it
             handle.remove()
         self._hooks = []
 
@@ -346,12 +356,21 @@ class ZOOptimizer:
         """Step t: every probe's forward (`loss_at` evaluates the loss with the probe's weights in
         place), the estimate, the update. Returns the probes' losses, in `probes()` order."""
         self.begin_step(t)
-        losses = []
-        for probe in self.probes():
-            with self.perturb(probe):
-                losses.append(loss_at(probe))
+        losses = self.forwards(self.probes(), loss_at)
         self.estimate(losses)
         self.update(lr, beta)
+        return losses
+
+    def forwards(self, probes: Sequence[Probe], loss_at: Callable) -> list[float]:
+        """The probes' losses, in order: one forward each, or, with optimizer.batched_probes, those on
+        the batch at the live weights side by side in one forward (zo.batched; loss_at then also
+        takes a tuple of probes and returns their losses)."""
+        if self.batched is not None:
+            return self.batched.losses(probes, loss_at)
+        losses = []
+        for probe in probes:
+            with self.perturb(probe):
+                losses.append(loss_at(probe))
         return losses
 
     def replay(self, t: int, losses: Sequence[float], lr: float, beta: float | None) -> None:
@@ -459,9 +478,11 @@ class ZOOptimizer:
             if type(module).forward is nn.Embedding.forward and module.max_norm is None:
                 handles.append(module.register_forward_hook(self._make_row_hook(seg)))
                 own[id(module)] = id(seg.param)
+                self._entries.append(module)
             elif type(module).forward is nn.Linear.forward and seg.numel > limit:
                 handles.append(_ChunkedLinear(self, module, seg, rows=max(limit // module.in_features, 1)))
                 own[id(module)] = id(seg.param)
+                self._entries.append(module)
         # A block stops swapping in a weight that a module inside it perturbs itself. A tied twin
         # elsewhere (the head of an embedding) still gets it from its own block.
         inside = [{own.get(id(m)) for m in block.modules()} for block, _ in hooked]
@@ -485,10 +506,13 @@ class ZOOptimizer:
             )
             handles.append(module.register_forward_pre_hook(self._make_pre_hook(runs)))
             handles.append(module.register_forward_hook(self._make_post_hook(runs)))
+            self._entries.append(module)
         return handles
 
     def _perturbed(self, run: Run) -> torch.Tensor:
         """The run's weights at x ± λz, as one fresh tensor."""
+        if self.batched is not None and self.batched.shares(self.probe):  # z drawn once for ± copies
+            return self.batched.perturbed(run, self._scale)
         return self.block_weights(self.base_weights(run), run, self._scale)
 
     def base_weights(self, run: Run) -> torch.Tensor:

@@ -56,8 +56,8 @@ from typing import ClassVar
 import torch
 
 from zo import ZOError
-from zo.flat import Run, Segment
-from zo.noise import mix, noise_at, positions
+from zo.flat import Run, Segment, block_limit
+from zo.noise import EAGER_PIECE, mix, noise_at, positions
 from zo.optim import register
 from zo.optim.base import OptimConfig, Probe, ZOOptimizer
 from zo.rounding import round_to
@@ -285,6 +285,12 @@ class Loren(ZOOptimizer):
             self._colsums[i][k] = colsum
         return self._g[k, i]
 
+    def _pieces_of(self, i: int) -> list[tuple[int, int]]:
+        """Tensor i's rows in pieces of at most EAGER_PIECE weights (and a block's): the update kernel's
+        fp32 intermediates (compiled too: inductor keeps the new x and M whole) stay that size."""
+        rows, step = self._rows[i], max(min(EAGER_PIECE, block_limit(self.d)) // self._cols[i], 1)
+        return [(a, min(a + step, rows)) for a in range(0, rows, step)]
+
     def _rank1(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(a, γ t) of tensor i for the current probe."""
         return self.a[i], self._draw(self.probe.k, i)
@@ -350,7 +356,10 @@ class Loren(ZOOptimizer):
             )  # fmt: skip
             x, start = self._block(i)
             m = self._momentum_slice(seg.run()).view_as(x) if matrix else None
-            step(x, m, start, seeds, self.draw, (chi, mu), keep, rx, rm, rounds, cfg.stochastic_rounding)
+            n = self._cols[i]
+            for a, b in self._pieces_of(i):  # a whole embedding in one call held 3 fp32 copies of it
+                step(x[a:b], None if m is None else m[a:b], start + a * n, seeds, self.draw, (chi, mu),
+                     keep, rx, rm, rounds, cfg.stochastic_rounding)  # fmt: skip
         self._g.clear()  # γ t belonged to the old a: a later `direction` draws again, under the new one
 
     # ---- state ------------------------------------------------------------------------------------
