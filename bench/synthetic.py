@@ -70,7 +70,7 @@ from zo import ZOError
 from zo.noise import mix
 from zo.optim import build, get
 from zo.optim.base import OptimConfig
-from zo.quadratic import Quadratics, spectrum, start_point
+from zo.quadratic import NoisyQuadratics, Quadratics, spectrum, start_point
 
 METHODS = {  # the grid keys each method is tuned on (its other keys keep their defaults)
     "mezo": ("lr",),
@@ -89,6 +89,7 @@ HORIZONS = (20, 5, 2, 1)  # horizons are --steps divided by these: 5k, 20k, 50k,
 DIVERGED = 1e10
 EPS, INIT_NORM = 0.01, 10.0
 BOOTSTRAP = 200
+FUSED = True  # compiled optimizer and noise kernels (the tests run them eagerly: no compile time)
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,32 @@ PROTOCOLS = {
     "code": Protocol(3, 0.5, {"lr": (1e-2,), "beta": (0.99,), "theta": (1.30,)}, same_start=True, repeats=5),
     "text": Protocol(1, 1.0, GRID, same_start=False, repeats=1),
 }
+
+
+# --protocol noise: the text protocol's problem (κ = d, f = Σ σ_i x_i²) with minibatch probes.
+RHO2 = (1.0, 0.3, 0.1, 0.03, 0.01)  # cos²(∇f_b, ∇F)
+NOISE_DIMS = {1_000: (20_000, 5), 10_000: (10_000, 3), 100_000: (2_500, 2)}  # d: (horizon, trials)
+COMMON_STEPS = 2_500  # every d is also read at this many steps (the largest d's horizon)
+NOISE_METHODS = ("mezo", "mezo_momentum", "conmezo")
+NOISE_KEYS = {"beta": (0.99,), "theta": (1.3,)}  # the code protocol's β, θ (in the paper's grid)
+LR_FACTORS = (2.0, 1.0, 0.5, 0.25)  # η = factor · ρ²/tr(A), around the greedy optimum of MeZO's step
+ALIGN_EVERY = 100  # the noise protocol records cos²(∇f_b, ∇F) at steps 1, 101, 201, ...
+SMOLLM2 = {  # docs/results.md §3, the one measured point of a real run
+    "d": 134_515_008,
+    "rho2": 0.03,  # median cos²(∇f_b, ∇F), a batch of 8 against 256 examples (ConMeZO, sst2_review)
+    "speedup": {"conmezo": (1.00, 0.89), "mezo_momentum": (0.83, 0.89)},  # dev loss: sst2_review, bbcnews
+}
+
+
+def noise_protocol(d: int, rho2: float) -> Protocol:
+    """One cell of the noise grid: the text protocol's problem and β, θ = NOISE_KEYS, with an η grid
+    centred on ρ²/tr(A), A = 2 diag σ. With z ~ N(0, I) and the minibatch gradient's energy
+    ‖∇F‖²/ρ², MeZO's expected decrease of F in one step is η‖∇F‖² − ½η² tr(A)‖∇F‖²/ρ² to leading
+    order in d: largest at η = ρ²/tr(A), negative from twice that. tr(A) ≈ 2d/ln d."""
+    text = PROTOCOLS["text"]
+    trace = 2 * text.scale * float(spectrum(d, float(d) ** text.kappa_power).double().sum())
+    lr = tuple(float(f"{f * rho2 / trace:.3g}") for f in LR_FACTORS)
+    return Protocol(text.kappa_power, text.scale, {"lr": lr, **NOISE_KEYS}, same_start=False, repeats=1)
 
 
 def settings(method: str, protocol: Protocol) -> list[dict[str, float]]:
@@ -132,14 +159,16 @@ def run_batch(
     method: str, rows: list[dict[str, float]], model: Quadratics, steps: int, seed: int
 ) -> tuple[torch.Tensor, float]:
     """`run_rows` on one model: R rows (`Rows`: per-row settings as columns), or one problem (floats;
-    a non-finite loss stops it, which here only marks it diverged). Stops when every row has."""
+    a non-finite loss stops it, which here only marks it diverged). Stops when every row has. Each
+    step first draws the model's minibatch (`Quadratics.draw`: none without noise), which its
+    probes see; the recorded f(x_t) is the noiseless F."""
     batched = model.zo_rows > 1
 
     def setting(key: str) -> torch.Tensor | float:
         return torch.tensor([[r[key]] for r in rows], dtype=torch.float32) if batched else rows[0][key]
 
     per_row = {"theta": setting("theta")} if "theta" in rows[0] else {}
-    opt = build(model, OptimConfig(name=method, eps=EPS, unit_u=False, **per_row), seed=seed)
+    opt = build(model, OptimConfig(name=method, eps=EPS, unit_u=False, fused=FUSED, **per_row), seed=seed)
     lr, beta = setting("lr"), setting("beta") if "beta" in rows[0] else None
     values = torch.full((steps + 1, len(rows)), math.inf)
     dead = torch.zeros(len(rows), dtype=torch.bool)
@@ -148,12 +177,13 @@ def run_batch(
     def loss_at(probe) -> torch.Tensor | float:
         nonlocal forwards
         forwards += 1
-        return model() if batched else float(model())
+        return model(minibatch=True) if batched else float(model(minibatch=True))
 
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # stalled (diverged) rows: they lose anyway
         values[0] = model().view(-1)
         for t in range(1, steps + 1):
+            model.draw(t)
             try:
                 opt.step(t, loss_at, lr, beta)
             except ZOError:  # one problem, non-finite: diverged
@@ -211,12 +241,21 @@ def number(v: float) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def bootstrap(base: torch.Tensor, other: torch.Tensor, horizon: int, seed: int) -> list[float]:
-    """95% interval of the steps ratio when each method's trials are resampled with replacement."""
+def bootstrap(
+    base: torch.Tensor, other: torch.Tensor, horizon: int, seed: int, paired: bool = False
+) -> list[float]:
+    """95% interval of the steps ratio when each method's trials are resampled with replacement
+    (paired: the same trials for both, where trial k is the same x₀ and noise for every method)."""
     gen = torch.Generator().manual_seed(seed)
     out = []
     for _ in range(BOOTSTRAP):
-        pick = [c[:, torch.randint(c.shape[1], (c.shape[1],), generator=gen)].mean(1) for c in (base, other)]
+        if paired:
+            idx = torch.randint(base.shape[1], (base.shape[1],), generator=gen)
+            pick = [c[:, idx].mean(1) for c in (base, other)]
+        else:
+            pick = [
+                c[:, torch.randint(c.shape[1], (c.shape[1],), generator=gen)].mean(1) for c in (base, other)
+            ]
         target = float(pick[0][horizon])
         r = ratio(steps_to(pick[0][: horizon + 1], target), steps_to(pick[1], target))
         out.append(r if r is not None else 0.0)  # never reached: slower than any ratio
@@ -230,15 +269,17 @@ def analyse(
     forwards: dict[str, float],
     steps: int,
     seed: int | None,
+    at: list[int] | None = None,
+    paired: bool = False,
 ) -> list[dict]:
     """For each horizon H: each method's best setting at H, MeZO's mean at H as the target, the
     steps each method needs to reach it, and MeZO's steps over theirs (with a bootstrap interval
-    over trials, drawn from seed, unless seed is None), also counted in forwards (HiZOO takes 3 a
-    step, LOREN K = 10, the others 2). curves: (steps + 1, settings, trials)."""
+    over trials, drawn from seed, unless seed is None; `bootstrap`'s paired), also counted in
+    forwards (HiZOO takes 3 a step, LOREN K = 10, the others 2). curves: (steps + 1, settings,
+    trials). Horizons: at, or steps divided by HORIZONS."""
     means = {m: c.mean(-1).double() for m, c in curves.items()}  # inf where any trial diverged
     out = []
-    for div in HORIZONS:
-        h = steps // div
+    for h in at or [steps // div for div in HORIZONS]:
         best = {m: int(torch.argmin(means[m][h])) for m in curves}
         base = means[BASELINE][:, best[BASELINE]]
         target = float(base[h])
@@ -261,7 +302,7 @@ def analyse(
             }
             if m != BASELINE and seed is not None:
                 rows[m]["speedup_95"] = bootstrap(
-                    curves[BASELINE][:, best[BASELINE]].double(), per_trial, h, seed
+                    curves[BASELINE][:, best[BASELINE]].double(), per_trial, h, seed, paired
                 )
         out.append({"steps": h, "target": number(target), "methods": rows})
     return out
@@ -352,9 +393,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--protocol", choices=sorted(PROTOCOLS), default="code")
+    parser.add_argument("--protocol", choices=[*sorted(PROTOCOLS), "noise"], default="code")
     parser.add_argument("--steps", type=int, default=100_000)
-    parser.add_argument("--trials", type=int, default=5)
+    parser.add_argument("--trials", type=int, default=None, help="default 5 (noise: per d, NOISE_DIMS)")
     parser.add_argument("--repeats", type=int, default=None, help="default: code 5, text 1")
     parser.add_argument("--d", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0, help="draws x₀ and every batch's noise")
@@ -368,8 +409,21 @@ def main() -> None:
     parser.add_argument(
         "--out", type=Path, default=None, help="default bench/results/synthetic_<protocol>.json"
     )
+    noise = parser.add_argument_group("--protocol noise")
+    noise.add_argument("--rho2", type=float, nargs="+", help=f"default {' '.join(map(str, RHO2))}")
+    noise.add_argument("--dims", type=int, nargs="+", help=f"default {' '.join(map(str, NOISE_DIMS))}")
+    noise.add_argument("--horizon", type=int, help="steps for every d (default: per d, NOISE_DIMS)")
+    noise.add_argument("--replot", action="store_true", help="only redraw the heatmap from --out's JSON")
     args = parser.parse_args()
     out = args.out or Path(f"bench/results/synthetic_{args.protocol}.json")
+    if args.protocol == "noise":
+        torch.set_num_threads(args.threads)
+        if args.replot:
+            heatmap(json.loads(out.read_text()), out.with_suffix(".png"))
+        else:
+            noise_grid(args, out)
+        return
+    args.trials = args.trials or 5
     protocol = PROTOCOLS[args.protocol]
     repeats = args.repeats or protocol.repeats
     torch.set_num_threads(args.threads)
@@ -492,6 +546,295 @@ def report(result: dict) -> None:
     for m, by_lr in result["step_size"].items():
         sizes.add_row(m, *(shown(by_lr[lr]) for lr in lrs))
     console.print(sizes)
+
+
+# ---- --protocol noise ------------------------------------------------------------------------------
+def run_noise(
+    method: str, d: int, rho2s: list[float], steps: int, trials: int, seed: int, noiseless: bool = False
+) -> tuple[dict[float, torch.Tensor], float, dict[float, torch.Tensor]]:
+    """Every (ρ², setting, trial) of one method at one d as the rows of one batch (at d = 1000 a step
+    is mostly overhead, so one batch instead of one per cell and η is ~5× cheaper). Returns, per ρ²,
+    the (steps + 1, settings, trials) curves of F, the forwards per step, and per ρ² the measured
+    cos²(∇f_b, ∇F) of its live rows every ALIGN_EVERY steps. Trial k starts from the text
+    protocol's x₀ and draws its minibatches from stream k of seed, whatever the method, setting and
+    ρ² (common random numbers). noiseless: the same batch on `Quadratics` (no minibatch at all)."""
+    grids = {r: settings(method, noise_protocol(d, r)) for r in rho2s}
+    rows = [s for r in rho2s for s in grids[r] for _ in range(trials)]
+    rho2 = torch.tensor([r for r in rho2s for _ in range(len(grids[r]) * trials)])
+    starts = torch.stack([start_point(d, INIT_NORM, mix(seed, k)) for k in range(trials)])
+    starts = starts.repeat(len(rows) // trials, 1)
+    sigma, scale = spectrum(d, float(d)), PROTOCOLS["text"].scale
+    if noiseless:
+        model = Quadratics(starts, sigma, scale)
+    else:
+        streams = torch.arange(len(rows)) % trials
+        model = NoisyQuadratics(starts, sigma, scale, rho2, seed, streams, FUSED, ALIGN_EVERY)
+    values, forwards = run_batch(method, rows, model, steps, mix(seed, list(METHODS).index(method)))
+    aligned = torch.stack(model.aligned) if getattr(model, "aligned", None) else torch.ones(1, len(rows))
+    curves, cos2, at = {}, {}, 0
+    for r in rho2s:
+        n = len(grids[r]) * trials
+        curves[r] = values[:, at : at + n].reshape(steps + 1, len(grids[r]), trials)
+        group = aligned[:, at : at + n]
+        cos2[r] = group[torch.isfinite(group)]
+        at += n
+    print(f"  {method} d={d}: {len(rows)} rows, {int(torch.isinf(values[-1]).sum())} diverged")
+    return curves, forwards, cos2
+
+
+def noise_grid(args: argparse.Namespace, out: Path) -> None:
+    """The (ρ², d) grid of the noise protocol: JSON, CSV and heatmap beside each other at `out`."""
+    methods = [m for m in NOISE_METHODS if m in KEPT or not args.method or m in args.method]
+    rho2s = list(args.rho2 or RHO2)
+    started, cpu = time.time(), time.process_time()
+    cells, seconds = [], {}
+    for d in args.dims or NOISE_DIMS:
+        steps, trials = NOISE_DIMS.get(d, (10 * d, 2))
+        steps, trials = args.horizon or steps, args.trials or trials
+        print(f"d={d}: {steps} steps, {trials} trials, ρ² = {rho2s}")
+        runs = {}
+        for m in methods:
+            wall, cpu_m = time.time(), time.process_time()
+            runs[m] = run_noise(m, d, rho2s, steps, trials, args.seed)
+            seconds[f"{d} {m}"] = {
+                "wall": round(time.time() - wall),
+                "cpu": round(time.process_time() - cpu_m),
+            }
+        for r in rho2s:
+            protocol = noise_protocol(d, r)
+            grids = {m: settings(m, protocol) for m in methods}
+            curves = {m: runs[m][0][r] for m in methods}
+            at = sorted({min(COMMON_STEPS, steps), steps // 2, steps})
+            forwards = {m: runs[m][1] for m in methods}
+            horizons = analyse(curves, grids, forwards, steps, args.seed, at, paired=True)
+            cos2 = torch.cat([runs[m][2][r] for m in methods])
+            lrs = protocol.grid["lr"]
+            final = horizons[-1]["methods"]
+            cells.append(
+                {
+                    "d": d,
+                    "rho2": r,
+                    "steps": steps,
+                    "trials": trials,
+                    "lr_grid": list(lrs),
+                    "f0": float(curves[BASELINE][0].double().mean()),
+                    "speedup": {m: v["speedup"] for m, v in final.items() if m != BASELINE},
+                    "lr_at_edge": {m: v["setting"]["lr"] in (max(lrs), min(lrs)) for m, v in final.items()},
+                    "cos2": {
+                        "mean": float(cos2.mean()),
+                        "min": float(cos2.min()),
+                        "max": float(cos2.max()),
+                        "samples": cos2.numel(),
+                    },
+                    "horizons": horizons,
+                    "step_size": step_size_table(curves, grids),
+                }
+            )
+            print(f"  ρ²={r:g}: {cells[-1]['speedup']}")
+    text = PROTOCOLS["text"]
+    result = {
+        "protocol": "noise",
+        "rho2": rho2s,
+        "d": list(args.dims or NOISE_DIMS),
+        "methods": methods,
+        "cells": cells,
+        "setup": {
+            "kappa_power": text.kappa_power,
+            "scale": text.scale,
+            "lr_factors": list(LR_FACTORS),
+            **{k: v[0] for k, v in NOISE_KEYS.items()},
+            "eps": EPS,
+            "init_norm": INIT_NORM,
+            "unit_u": False,
+            "seed": args.seed,
+        },
+        "smollm2": SMOLLM2,
+        "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
+        f"{args.threads} thread(s), {date.today()}",
+        "seconds": round(time.time() - started),
+        "cpu_seconds": round(time.process_time() - cpu),
+        "seconds_by_run": seconds,
+    }
+    noise_report(result)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    noise_csv(result, out.with_suffix(".csv"))
+    heatmap(result, out.with_suffix(".png"))
+    print(f"wrote {out} (+ .csv, .png) in {result['seconds']} s ({result['cpu_seconds']} s of CPU)")
+
+
+def noise_csv(result: dict, out: Path) -> None:
+    """One row per (d, ρ², method) at the cell's horizon."""
+    import csv
+
+    with out.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(
+            [
+                "d",
+                "rho2",
+                "steps",
+                "trials",
+                "method",
+                "lr",
+                "beta",
+                "theta",
+                "final_mean",
+                "final_se",
+                "steps_to_target",
+                "speedup",
+                "speedup_95_low",
+                "speedup_95_high",
+                "lr_at_edge",
+                "cos2_mean",
+            ]
+        )
+        for c in result["cells"]:
+            for m, r in c["horizons"][-1]["methods"].items():
+                low, high = r.get("speedup_95") or (None, None)
+                s = r["setting"]
+                w.writerow(
+                    [
+                        c["d"],
+                        c["rho2"],
+                        c["steps"],
+                        c["trials"],
+                        m,
+                        s["lr"],
+                        s.get("beta", ""),
+                        s.get("theta", ""),
+                        r["final_mean"],
+                        r["final_se"],
+                        r["steps_to_target"],
+                        r["speedup"],
+                        low,
+                        high,
+                        c["lr_at_edge"][m],
+                        round(c["cos2"]["mean"], 6),
+                    ]
+                )
+
+
+def cell_text(r: dict) -> str:
+    """A speedup and its interval, for the tables ("never": the target was not reached)."""
+    if not r["speedup"]:
+        return "never"
+    low, high = r.get("speedup_95") or (None, None)
+    return f"{r['speedup']:.2f}× ({low:.2f}–{high:.2f})" if high else f"{r['speedup']:.2f}×"
+
+
+def noise_report(result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=140)
+    cells = {(c["rho2"], c["d"]): c for c in result["cells"]}
+    for m in [m for m in result["methods"] if m != BASELINE]:
+        table = Table(title=f"noise protocol: MeZO steps / {m} steps to MeZO's mean F at the horizon (95%)")
+        table.add_column("ρ²")
+        for d in result["d"]:
+            steps = next(c["steps"] for c in result["cells"] if c["d"] == d)
+            table.add_column(f"d = {d:g}, {steps:,} steps")
+        for rho2 in result["rho2"]:
+            row = [cells.get((rho2, d)) for d in result["d"]]
+            table.add_row(
+                f"{rho2:g}", *(cell_text(c["horizons"][-1]["methods"][m]) if c else "" for c in row)
+            )
+        console.print(table)
+    tuned = Table(
+        title="η chosen at the horizon (* at the grid's edge), MeZO's F at the horizon / F(x₀), cos²"
+    )
+    for col in ("d", "ρ²", *result["methods"], "MeZO F_H / F₀", "measured cos² (min–max)"):
+        tuned.add_column(col)
+    for c in result["cells"]:
+        final = c["horizons"][-1]["methods"]
+        tuned.add_row(
+            f"{c['d']:g}",
+            f"{c['rho2']:g}",
+            *(
+                f"{final[m]['setting']['lr']:.3g}" + ("*" if c["lr_at_edge"][m] else "")
+                for m in result["methods"]
+            ),
+            f"{final[BASELINE]['final_mean'] / c['f0']:.3g}",
+            f"{c['cos2']['mean']:.4f} ({c['cos2']['min']:.4f}–{c['cos2']['max']:.4f})",
+        )
+    console.print(tuned)
+
+
+def heatmap(result: dict, out: Path) -> None:
+    """ρ² × d → speedup over MeZO, one panel per method (ConMeZO, MeZO + momentum), from the noise
+    protocol's JSON; the SmolLM2 study of docs/results.md §3 (d off the grid) marked past the right
+    edge."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import LogNorm
+
+    names = {"conmezo": "ConMeZO", "mezo_momentum": "MeZO + momentum"}
+    methods = [m for m in ("conmezo", "mezo_momentum") if m in result["methods"]]
+    rho2s, dims = result["rho2"], result["d"]
+    cells = {(c["rho2"], c["d"]): c for c in result["cells"]}
+    norm = LogNorm(vmin=0.25, vmax=4.0)
+    fig, axes = plt.subplots(1, len(methods), figsize=(5.2 * len(methods), 4.4), squeeze=False)
+    for ax, m in zip(axes[0], methods, strict=True):
+        grid = torch.full((len(rho2s), len(dims)), math.nan)
+        for i, rho2 in enumerate(rho2s):
+            for j, d in enumerate(dims):
+                c = cells.get((rho2, d))
+                if c is not None:
+                    grid[i, j] = c["speedup"][m] or 0.25  # never reached: the colour scale's floor
+        image = ax.imshow(grid.numpy(), cmap="RdBu", norm=norm, aspect="auto")
+        for i, rho2 in enumerate(rho2s):
+            for j, d in enumerate(dims):
+                c = cells.get((rho2, d))
+                if c is not None:
+                    v = c["speedup"][m]
+                    ax.text(
+                        j,
+                        i,
+                        f"{v:.2f}×" if v else "never",
+                        ha="center",
+                        va="center",
+                        fontsize=9,
+                        color="white" if v is None or not 0.5 < v < 2 else "black",
+                    )
+        ax.set_xticks(
+            range(len(dims)),
+            [
+                f"{d:.0e}".replace("e+0", "e") + f"\n{cells[(rho2s[0], d)]['steps']:,} steps"
+                if (rho2s[0], d) in cells
+                else f"{d:g}"
+                for d in dims
+            ],
+            fontsize=8,
+        )
+        ax.set_yticks(range(len(rho2s)), [f"{r:g}" for r in rho2s])
+        ax.set_xlabel("d (horizon)")
+        ax.set_ylabel("ρ² = cos²(∇f_b, ∇F)")
+        ax.set_title(f"MeZO steps / {names[m]} steps", fontsize=10)
+        smol = result.get("smollm2")
+        if smol and smol["rho2"] in rho2s:
+            y, x = rho2s.index(smol["rho2"]), len(dims) - 0.5 + 0.35
+            ax.plot([x], [y], marker="*", ms=14, color="gold", mec="black", clip_on=False, zorder=5)
+            a, b = smol["speedup"][m]
+            ax.annotate(
+                f"SmolLM2-135M (§3)\nd = {smol['d']:.1e} →\n{a:.2f}× / {b:.2f}×",
+                (x, y),
+                xytext=(x + 0.12, y + 0.75),
+                fontsize=7,
+                annotation_clip=False,
+                ha="left",
+                va="center",
+            )
+    fig.colorbar(image, ax=axes[0].tolist(), shrink=0.85, label="speedup (log scale)")
+    fig.suptitle(
+        "Noise protocol: f = Σσᵢxᵢ², κ = d; probes see f_b with cos²(∇f_b, ∇F) = ρ²; "
+        f"η tuned per cell, β = {result['setup']['beta']}, θ = {result['setup']['theta']}",
+        fontsize=9,
+    )
+    fig.savefig(out, dpi=130, bbox_inches="tight")
+    plt.close(fig)
 
 
 if __name__ == "__main__":

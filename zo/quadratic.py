@@ -69,11 +69,12 @@ class Quadratics(nn.Module):
 
 
 def minibatch_noise(
-    x: torch.Tensor, curvature: torch.Tensor, streams: torch.Tensor, seed: int, excess: float
+    x: torch.Tensor, curvature: torch.Tensor, streams: torch.Tensor, seed: int, excess: torch.Tensor
 ) -> torch.Tensor:
     """n_b per row of x (see `NoisyQuadratics`): A·w with the part along g = A·x removed, scaled to
-    ‖n_b‖² = excess·‖g‖². curvature is A's diagonal, streams (R, 1) the row's noise stream (w at flat
-    indices stream·d + j), excess = 1/ρ² − 1. A row with g = 0 (or no A·w beside g) gets n_b = 0."""
+    ‖n_b‖² = excess·‖g‖². curvature is A's diagonal, streams (R, 1) the rows' noise streams (w at
+    flat indices stream·d + j), excess (R, 1) = 1/ρ² − 1. A row with g = 0 (or no A·w beside g)
+    gets n_b = 0, and so does a row with excess 0."""
     d = x.shape[-1]
     g = curvature * x
     v = curvature * normal_at(streams * d + torch.arange(d, device=x.device), seed)
@@ -83,11 +84,9 @@ def minibatch_noise(
     return perp * torch.where(pp > 0, (excess * gg / pp).sqrt(), 0.0)
 
 
-def minibatch_value(
-    x: torch.Tensor, sigma: torch.Tensor, scale: float, noise: torch.Tensor, anchor: torch.Tensor
-) -> torch.Tensor:
-    """f_b(x) = F(x) + ⟨n_b, x − x_t⟩ per row, one pass (eagerly: four)."""
-    return scale * (sigma * x * x).sum(-1, keepdim=True) + (noise * (x - anchor)).sum(-1, keepdim=True)
+def minibatch_term(x: torch.Tensor, noise: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
+    """⟨n_b, x − x_t⟩ per row, one pass (eagerly: three)."""
+    return (noise * (x - anchor)).sum(-1, keepdim=True)
 
 
 class NoisyQuadratics(Quadratics):
@@ -109,9 +108,13 @@ class NoisyQuadratics(Quadratics):
     α = ⟨v, g⟩/‖g‖²: an isotropic Gaussian centre shift with the one component removed that would
     tilt ∇f_b towards or away from ∇F, so n_b has the shape of A·w (the noise of a minibatch whose
     centres are spread isotropically). Its size follows ‖∇F(x_t)‖: the ratio, not the noise, is
-    fixed; real minibatch noise does not vanish at the optimum, this does. ρ² = 1: n_b = 0, nothing
-    is drawn, and f_b is F bitwise. Rows with the same stream draw the same w (common random
-    numbers across the settings and methods of one trial); their n_b differ with their x_t.
+    fixed; real minibatch noise does not vanish at the optimum, this does.
+
+    ρ² is one number or one per row (a column). A row with ρ² = 1 gets n_b = 0 and its f_b is F
+    bitwise (F + 0); where every row has ρ² = 1 nothing is drawn at all. Rows with the same stream
+    draw the same w (common random numbers across settings, methods and ρ² of one trial); their
+    n_b differ with their x_t. Every `align_every` steps (1, 1 + align_every, ...; 0: never) `draw`
+    keeps `alignment()` in `aligned`, the measured cos² of each row.
     """
 
     def __init__(
@@ -119,35 +122,43 @@ class NoisyQuadratics(Quadratics):
         x0: torch.Tensor,
         sigma: torch.Tensor,
         scale: float,
-        rho2: float,
+        rho2: float | torch.Tensor,
         seed: int,
         streams: torch.Tensor | None = None,
         fused: bool = True,
+        align_every: int = 0,
     ) -> None:
         super().__init__(x0, sigma, scale)
-        if not 0.0 < rho2 <= 1.0:
-            raise ValueError(f"rho2 must be in (0, 1], got {rho2}")
-        self.rho2, self.seed, self.fused = rho2, seed, fused
         rows = x0.shape[0] if x0.dim() == 2 else 1
+        rho2 = torch.as_tensor(rho2, dtype=torch.float64).expand(rows).reshape(rows, 1)
+        if not ((rho2 > 0) & (rho2 <= 1)).all():
+            raise ValueError(f"rho2 must be in (0, 1], got {rho2.view(-1).tolist()}")
+        self.rho2, self.excess = rho2, (1.0 / rho2 - 1.0).float()
+        self.seed, self.fused, self.align_every = seed, fused, align_every
         self.streams = (torch.arange(rows) if streams is None else streams).view(-1, 1).to(torch.int64)
         self.noise: torch.Tensor | None = None  # n_b of this step, (R, d); None: no noise
         self.anchor: torch.Tensor | None = None  # x_t
+        self.aligned: list[torch.Tensor] = []
 
     def draw(self, step: int) -> None:
-        if self.rho2 == 1.0:
+        if not (self.excess > 0).any():
             return
         x = self.x.detach().float().view(self.streams.shape[0], -1)
         curvature = 2.0 * self.scale * self.sigma
         self.anchor = x.clone()
-        seed, excess = mix(self.seed, NOISE_SALT, step), 1.0 / self.rho2 - 1.0
-        self.noise = kernel(minibatch_noise, self.fused)(self.anchor, curvature, self.streams, seed, excess)
+        seed = mix(self.seed, NOISE_SALT, step)
+        self.noise = kernel(minibatch_noise, self.fused)(
+            self.anchor, curvature, self.streams, seed, self.excess
+        )
+        if self.align_every and step % self.align_every == 1 % self.align_every:
+            self.aligned.append(self.alignment())
 
     def forward(self, minibatch: bool = False) -> torch.Tensor:
+        f = super().forward()
         if not minibatch or self.noise is None:
-            return super().forward()
-        value = kernel(minibatch_value, self.fused)
-        f = value(self.x.float().view_as(self.noise), self.sigma, self.scale, self.noise, self.anchor)
-        return f if self.x.dim() == 2 else f.view(1)
+            return f
+        term = kernel(minibatch_term, self.fused)(self.x.float().view_as(self.noise), self.noise, self.anchor)
+        return f + term.view_as(f)
 
     def alignment(self) -> torch.Tensor:
         """cos²(∇f_b(x_t), ∇F(x_t)) of this step's draw, per row, in float64 (ρ² up to rounding)."""
