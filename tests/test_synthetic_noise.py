@@ -124,7 +124,7 @@ def test_rho2_one_reproduces_the_noiseless_protocol_bitwise(method: str) -> None
     assert not torch.equal(noisy[0.1], clean[0.1])
     assert forwards == clean_forwards == 2
     assert torch.allclose(cos2_samples[1.0], torch.tensor(1.0, dtype=torch.float64))
-    assert cos2_samples[0.1].numel() == 2 * 4 * 2  # steps 1 and 101, 4 η × 2 trials
+    assert cos2_samples[0.1].numel() == 2 * len(synthetic.LR_FACTORS) * 2  # steps 1 and 101, η, trials
     torch.testing.assert_close(cos2_samples[0.1], torch.full_like(cos2_samples[0.1], 0.1), rtol=1e-4, atol=0)
 
 
