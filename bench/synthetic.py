@@ -426,6 +426,16 @@ def plot(
     plt.close(fig)
 
 
+def timing(threads: int, started: float, cpu: float) -> dict:
+    """The machine, and the wall and CPU seconds since `started` and `cpu`, for a result's JSON."""
+    return {
+        "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
+        f"{threads} thread(s), {date.today()}",
+        "seconds": round(time.time() - started),
+        "cpu_seconds": round(time.process_time() - cpu),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -508,10 +518,7 @@ def main() -> None:
             "repeats": repeats,
             "seed": args.seed,
         },
-        "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
-        f"{args.threads} thread(s), {date.today()}",
-        "seconds": round(time.time() - started),
-        "cpu_seconds": round(time.process_time() - cpu),
+        **timing(args.threads, started, cpu),
         "seconds_by_method": seconds,
     }
     report(result)
@@ -691,10 +698,7 @@ def noise_grid(args: argparse.Namespace, out: Path) -> None:
             "seed": args.seed,
         },
         "smollm2": SMOLLM2,
-        "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
-        f"{args.threads} thread(s), {date.today()}",
-        "seconds": round(time.time() - started),
-        "cpu_seconds": round(time.process_time() - cpu),
+        **timing(args.threads, started, cpu),
         "seconds_by_run": seconds,
     }
     noise_report(result)
