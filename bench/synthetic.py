@@ -63,8 +63,8 @@ ConMeZO; β = 0.99 for both momenta, θ = 1.3 (the code protocol's, in the paper
 cell and method over {2, 1, 1/2, 1/4, 1/8}·ρ²/tr(A), where MeZO's expected one-step decrease of F,
 η‖g‖² − ½η² tr(A)‖g‖²/ρ², peaks (tr A ≈ 2d/ln d; pilots put the best η at 1/8 to 2 of it, lower
 for shorter horizons). Horizon and trials per d (NOISE_DIMS): 20,000 steps × 5 trials at d = 1e3,
-8,000 × 3 at 1e4, 2,500 × 2 at 1e5, sized to one CPU-hour in all (a step costs ~45 ns per row
-and coordinate at d ≥ 1e4, ~2 ms of overhead a step at 1e3); every d is also read at 2,500 steps.
+8,000 × 3 at 1e4, 2,000 × 2 at 1e5, sized to under one CPU-hour in all (a step costs ~45–50 ns per
+row and coordinate at d ≥ 1e4; at 1e3, 125 rows, ~12 ms); every d is also read at 2,000 steps.
 Trial k has the same x₀ and the same w stream for every method, setting and ρ² (common random
 numbers), so the bootstrap resamples trials paired. One batch per method and d holds every
 (ρ², η, trial) row.
@@ -146,8 +146,8 @@ PROTOCOLS = {
 
 # --protocol noise: the text protocol's problem (κ = d, f = Σ σ_i x_i²) with minibatch probes.
 RHO2 = (1.0, 0.3, 0.1, 0.03, 0.01)  # cos²(∇f_b, ∇F)
-NOISE_DIMS = {1_000: (20_000, 5), 10_000: (8_000, 3), 100_000: (2_500, 2)}  # d: (horizon, trials)
-COMMON_STEPS = 2_500  # every d is also read at this many steps (the largest d's horizon)
+NOISE_DIMS = {1_000: (20_000, 5), 10_000: (8_000, 3), 100_000: (2_000, 2)}  # d: (horizon, trials)
+COMMON_STEPS = 2_000  # every d is also read at this many steps (the largest d's horizon)
 NOISE_METHODS = ("mezo", "mezo_momentum", "conmezo")
 NOISE_KEYS = {"beta": (0.99,), "theta": (1.3,)}  # the code protocol's β, θ (in the paper's grid)
 LR_FACTORS = (2.0, 1.0, 0.5, 0.25, 0.125)  # η = factor · ρ²/tr(A), around MeZO's greedy optimum
