@@ -460,13 +460,15 @@ def main() -> None:
     noise.add_argument("--rho2", type=float, nargs="+", help=f"default {' '.join(map(str, RHO2))}")
     noise.add_argument("--dims", type=int, nargs="+", help=f"default {' '.join(map(str, NOISE_DIMS))}")
     noise.add_argument("--horizon", type=int, help="steps for every d (default: per d, NOISE_DIMS)")
-    noise.add_argument("--replot", action="store_true", help="only redraw the heatmap from --out's JSON")
+    noise.add_argument("--replot", action="store_true", help="only the tables and heatmap, from --out's JSON")
     args = parser.parse_args()
     out = args.out or Path(f"bench/results/synthetic_{args.protocol}.json")
     if args.protocol == "noise":
         torch.set_num_threads(args.threads)
         if args.replot:
-            heatmap(json.loads(out.read_text()), out.with_suffix(".png"))
+            result = json.loads(out.read_text())
+            noise_report(result)
+            heatmap(result, out.with_suffix(".png"))
         else:
             noise_grid(args, out)
         return
@@ -701,10 +703,10 @@ def noise_grid(args: argparse.Namespace, out: Path) -> None:
         **timing(args.threads, started, cpu),
         "seconds_by_run": seconds,
     }
-    noise_report(result)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
+    out.write_text(json.dumps(result, indent=1))  # first: the tables and the figure can be redone from it
     noise_csv(result, out.with_suffix(".csv"))
+    noise_report(result)
     heatmap(result, out.with_suffix(".png"))
     print(f"wrote {out} (+ .csv, .png) in {result['seconds']} s ({result['cpu_seconds']} s of CPU)")
 
@@ -783,11 +785,11 @@ def noise_report(result: dict) -> None:
 
     console = Console(width=140)
     cells = {(c["rho2"], c["d"]): c for c in result["cells"]}
-    common = min(min(h["steps"] for h in c["horizons"]) for c in result["cells"])
-    for m, (title, at) in itertools.product(
-        [m for m in result["methods"] if m != BASELINE],
-        [("at each d's horizon", None), (f"at {common:,} steps, every d", common)],
-    ):
+    shared = set.intersection(*({h["steps"] for h in c["horizons"]} for c in result["cells"]))
+    readings = [("at each d's horizon", None)]
+    if shared:  # the longest horizon every cell was read at (COMMON_STEPS)
+        readings.append((f"at {max(shared):,} steps, every d", max(shared)))
+    for m, (title, at) in itertools.product([m for m in result["methods"] if m != BASELINE], readings):
         table = Table(title=f"noise protocol: MeZO steps / {m} steps to MeZO's mean F {title} (95%)")
         table.add_column("ρ²")
         for d in result["d"]:

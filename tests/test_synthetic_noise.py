@@ -128,23 +128,28 @@ def test_rho2_one_reproduces_the_noiseless_protocol_bitwise(method: str) -> None
     torch.testing.assert_close(cos2_samples[0.1], torch.full_like(cos2_samples[0.1], 0.1), rtol=1e-4, atol=0)
 
 
-def test_the_grid_writes_json_csv_and_heatmap(tmp_path: Path) -> None:
+def test_the_grid_writes_json_csv_and_heatmap(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Two d with their own horizons (NOISE_DIMS), both also read at COMMON_STEPS."""
+    monkeypatch.setattr(synthetic, "NOISE_DIMS", {32: (120, 2), 64: (200, 2)})
+    monkeypatch.setattr(synthetic, "COMMON_STEPS", 120)
     out = tmp_path / "noise.json"
     args = argparse.Namespace(
-        method=None, rho2=[1.0, 0.1], dims=[64], horizon=200, trials=2, seed=0, threads=1
+        method=None, rho2=[1.0, 0.1], dims=None, horizon=None, trials=None, seed=0, threads=1
     )
     synthetic.noise_grid(args, out)
     result = json.loads(out.read_text())
-    assert [(c["d"], c["rho2"]) for c in result["cells"]] == [(64, 1.0), (64, 0.1)]
+    assert [(c["d"], c["rho2"]) for c in result["cells"]] == [(32, 1.0), (32, 0.1), (64, 1.0), (64, 0.1)]
     for c in result["cells"]:
         assert c["cos2"]["mean"] == pytest.approx(c["rho2"], rel=1e-4)
-        assert [h["steps"] for h in c["horizons"]] == [100, 200]
+        assert [h["steps"] for h in c["horizons"]] == {32: [60, 120], 64: [100, 120, 200]}[c["d"]]
         assert set(c["speedup"]) == {"mezo_momentum", "conmezo"}
         # the grid's η: factors of ρ²/tr(A), tr(A) = 2 Σσ
-        trace = 2 * float(spectrum(64, 64).double().sum())
+        trace = 2 * float(spectrum(c["d"], c["d"]).double().sum())
         assert c["lr_grid"][1] == pytest.approx(c["rho2"] / trace, rel=2e-3)
+    printed = capsys.readouterr().out
+    assert "at each d's horizon" in printed and "at 120 steps, every d" in printed
     rows = list(csv.DictReader(out.with_suffix(".csv").open()))
-    assert len(rows) == 2 * 3 and {r["method"] for r in rows} == set(synthetic.NOISE_METHODS)
+    assert len(rows) == 4 * 3 and {r["method"] for r in rows} == set(synthetic.NOISE_METHODS)
     assert out.with_suffix(".png").stat().st_size > 10_000
     synthetic.heatmap(result, tmp_path / "again.png")  # from the JSON alone
     assert (tmp_path / "again.png").stat().st_size > 10_000
