@@ -5,7 +5,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: setup test lint format bench bench-synthetic bench-step report sweep slurm-test wheels
+.PHONY: setup test test-slow lint format bench bench-synthetic bench-step report sweep slurm-test wheels
 
 setup:
 	test -x $(PY) || python3 -m venv .venv
@@ -17,6 +17,9 @@ setup:
 
 test:        # one worker per core (pytest-xdist); a file's tests stay on one worker (module fixtures, Slurm)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto --dist loadfile
+
+test-slow:   # the same suite plus the real-model runs of minutes (the README's first-run figures)
+	ZO_SLOW=1 $(MAKE) test
 
 lint:
 	$(PY) -m ruff check .

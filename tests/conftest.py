@@ -12,6 +12,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "datasets"
+# Real-model runs of a minute or more on a 2-core CPU: outside `make test` (CI's 12 minutes), in
+# `make test-slow` (ZO_SLOW=1), which runs them beside everything else.
+minutes = pytest.mark.skipif(
+    os.environ.get("ZO_SLOW") != "1", reason="minutes on CPU: make test-slow runs it"
+)
 # Small, fast settings for runs on a tiny random model over real SST-2 files. Eager kernels
 # (optimizer.fused=false): compiling them costs ~25 s per fresh process, and tests/test_kernels.py
 # checks the compiled passes against the eager ones.

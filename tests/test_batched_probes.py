@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import QUAD, TINY, compose, read_metrics, run_inprocess
+from tests.conftest import QUAD, TINY, compose, minutes, read_metrics, run_inprocess
 from tests.test_replay import replay_equals_saved_model
 from zo import ZOError
 from zo.config import ConfigError, validate
@@ -105,7 +105,7 @@ def test_batched_losses_equal_the_sequential_ones_elsewhere(extra: list[str], ne
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("trainable", ["all", "lora"])
+@pytest.mark.parametrize("trainable", [pytest.param("all", marks=minutes), "lora"])
 def test_batched_losses_equal_the_sequential_ones_on_smollm2(trainable: str, needs_shared) -> None:
     assert compare("smollm2", [*METHODS["fzoo"], f"model.trainable={trainable}"], steps=1) < 1e-5
 

@@ -5,14 +5,13 @@ answers as the run evaluated it. Runs are in-process on tiny-llama, a few steps 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
 import zo.runner
 from data import DataError, build_task
-from tests.conftest import TINY, compose, run_inprocess
+from tests.conftest import TINY, compose, minutes, run_inprocess
 from zo import ZOError
 from zo.config import ConfigError, validate
 
@@ -248,9 +247,7 @@ def test_lora_selecting_on_eval_loss_and_an_evaluation_only_run(tmp_path: Path) 
 
 # ---- SmolLM2, for real ---------------------------------------------------------------------------------
 @pytest.mark.slow
-@pytest.mark.skipif(
-    os.environ.get("ZO_SLOW") != "1", reason="a real-model run of minutes on CPU: ZO_SLOW=1 runs it"
-)
+@minutes
 def test_smollm2_instruct_on_a_messages_file_reports_exact_match_before_and_after(tmp_path: Path) -> None:
     """SmolLM2-135M-Instruct, MeZO at the tuned η, on conversations whose answers are bare numbers (the
     model answers in a sentence at first): exact match before and after, printed and in summary.json."""

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import QUAD, ROOT, TINY, cli, read_metrics, run_inprocess, wandb_history
+from tests.conftest import QUAD, ROOT, TINY, cli, minutes, read_metrics, run_inprocess, wandb_history
 
 TRAIN_KEYS = {"step", "loss", "lr", "beta_t", "theta", "projected_grad", "step_time_s"}
 
@@ -271,6 +271,7 @@ def test_readme_first_run_commands_compose_and_validate_as_typed(tmp_path: Path)
 
 
 @pytest.mark.slow
+@minutes
 def test_the_default_run_learns_as_the_readme_says(tmp_path: Path) -> None:
     """`python launch.py` as typed (20 steps at the tuned η = 3e-5), scored on 64 dev and 64 test
     articles instead of 100 and 200: the dev accuracy rises (measured: 0.65 -> 0.82 on 100; at the old

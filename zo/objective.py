@@ -219,18 +219,20 @@ class CausalLM(_Tokenized):
     def _gold(self, ex: Example) -> str:
         return self.task.causal_candidates(ex)[ex.label]
 
+    def _gold_pairs(self, batch: list[Example]) -> list[tuple[list[int], str]]:
+        """(prompt ids, gold answer) per example: what the next-token loss scores."""
+        return [(self.context_ids(ex), self._gold(ex)) for ex in batch]
+
     def loss(self, model: nn.Module, batch: list[Example]) -> torch.Tensor:
         if self.train_loss == "classification":  # what evaluation measures: the candidates' cross-entropy
             labels = torch.tensor([ex.label for ex in batch], device=_device(model))
             return F.nll_loss(self.scores(model, batch), labels)
-        pairs = [(self.context_ids(ex), self._gold(ex)) for ex in batch]
-        return -torch.cat(self.continuation_logprobs(model, pairs)).mean()
+        return -torch.cat(self.continuation_logprobs(model, self._gold_pairs(batch))).mean()
 
     def losses(self, model: nn.Module, batch: list[Example], copies: int) -> torch.Tensor:
         if self.train_loss == "classification":
             return super().losses(model, batch, copies)
-        pairs = [(self.task.causal_prompt(ex), self._gold(ex)) for ex in batch] * copies
-        lps, n = self.continuation_logprobs(model, pairs), len(batch)
+        lps, n = self.continuation_logprobs(model, self._gold_pairs(batch) * copies), len(batch)
         return torch.stack([-torch.cat(lps[j * n : (j + 1) * n]).mean() for j in range(copies)])
 
     def scores(self, model: nn.Module, batch: list[Example]) -> torch.Tensor:
