@@ -140,18 +140,22 @@ def test_transient_weights_stay_within_one_block_per_copy(method: str, needs_sha
     """At any moment the perturbed weights alive are one copy of one block (or head chunk), plus its
     z where copies share it (MeZO's ± pair): never a copy per probe, never a model-sized tensor."""
     _, net, objective, opt, train = setup("tiny-llama", METHODS[method])
-    live, peak = [0], [0]
-    draw = opt.block_weights
+    live: dict[int, int] = {}  # id -> numel of each perturbed copy or z alive
+    peak = [0]
 
-    def tracked(x, run, scale):
-        out = draw(x, run, scale)
-        n = out.numel()
-        live[0] += n
-        peak[0] = max(peak[0], live[0])
-        weakref.finalize(out, lambda: live.__setitem__(0, live[0] - n))
-        return out
+    def tracking(fn):
+        def tracked(*args):
+            out = fn(*args)
+            if id(out) not in live:
+                live[id(out)] = out.numel()
+                peak[0] = max(peak[0], sum(live.values()))
+                weakref.finalize(out, live.pop, id(out))
+            return out
 
-    opt.block_weights = tracked
+        return tracked
+
+    opt.block_weights = tracking(opt.block_weights)  # z, and the copies of the sequential path
+    opt._perturbed = tracking(opt._perturbed)  # every copy a hook swaps in
     opt.begin_step(1)
     with torch.no_grad():
         opt.forwards(opt.probes(), loss_at(objective, net, train[:4], None))
