@@ -163,11 +163,17 @@ def test_transient_weights_stay_within_one_block_per_copy(method: str, needs_sha
 
 
 def test_a_batched_run_is_the_sequential_run_and_replays(tmp_path: Path, needs_shared) -> None:
-    """End to end: the metrics of a batched run follow the sequential run's, its trajectory header
-    says how it ran, and its replay lands on the saved model bitwise."""
+    """End to end: the metrics of a batched run (in two shards, as data parallelism combines them)
+    follow the sequential run's, its trajectory header says how it ran, and its replay lands on the
+    saved model bitwise."""
     args = [*TINY, *METHODS["fzoo"], "train.steps=3", "task.num_train=16", "optimizer.lr=1e-4"]
     run_inprocess(args, tmp_path / "seq")
-    run_inprocess([*args, "optimizer.batched_probes=true", "optimizer.probe_chunk=3"], tmp_path / "bat")
+    batched = [
+        "optimizer.batched_probes=true",
+        "optimizer.probe_chunk=3",
+        "train.shards=2",
+    ]  # shards: one rank
+    run_inprocess([*args, *batched], tmp_path / "bat")
     seq, bat = (read_metrics(tmp_path / d / "metrics.jsonl") for d in ("seq", "bat"))
     for a, b in zip(seq, bat, strict=True):
         if "loss" in a:
