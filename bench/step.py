@@ -20,6 +20,12 @@ optimizer state): what a step adds on top of them.
 
     python bench/step.py                 # prints a table, writes bench/results/step-<device>.json
     python bench/step.py --arch smollm2-135m --method mezo_v1   # MeZO's step with each noise draw
+    python bench/step.py --only batched  # batched_probes vs sequential probes: MeZO, FZOO, LOREN
+                                         # on SmolLM2-135M at 4x32 and 16x64 (step-batched-<device>.json)
+
+`--only batched` times each of MeZO (2 probes), FZOO (9: 8 + x) and LOREN (10) twice: its probes one
+forward each, and side by side in one forward over the batch repeated per probe
+(`optimizer.batched_probes=true`, zo.batched), where the loss is computed per copy.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from datetime import date
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from zo.optim import build
@@ -101,7 +108,7 @@ def build_model(arch: str, dtype: torch.dtype, device: torch.device) -> nn.Modul
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
 
     model_type, kwargs = ARCHS[arch]
-    config = AutoConfig.for_model(model_type, **kwargs)
+    config = AutoConfig.for_model(model_type, **kwargs | LAYERS)
     auto = AutoModelForMaskedLM if model_type == "roberta" else AutoModelForCausalLM
     torch.manual_seed(0)
     return auto.from_config(config).to(device=device, dtype=dtype).eval()
@@ -134,7 +141,9 @@ def ours(name: str, **options) -> Callable:
     def make(model: nn.Module):
         opt = build(model, {"name": name, "lr": 1e-7, "eps": 1e-3, **options}, seed=0)
 
-        def loss_at(probe: Probe, loss_fn: Callable[[], torch.Tensor]) -> float:
+        def loss_at(probe: Probe | tuple[Probe, ...], loss_fn: Loss) -> float | list[float]:
+            if isinstance(probe, tuple):  # batched_probes: one loss per probe, from one forward
+                return loss_fn.copies(len(probe)).tolist()
             if not probe.grad:
                 return float(loss_fn())
             with torch.enable_grad():  # first-order: the backward is part of the step
@@ -146,6 +155,8 @@ def ours(name: str, **options) -> Callable:
             opt.step(seed, lambda probe: loss_at(probe, loss_fn), 1e-7, 0.99)
 
         forwards = len(opt.probes()) if name != "mezo_svrg" else 4  # SVRG: its minibatch steps
+        if options.get("batched_probes"):
+            forwards = -(-forwards // (options.get("probe_chunk") or forwards))
         return step, opt.close, forwards  # close: remove its hooks before the next method drives the model
 
     return make
@@ -155,6 +166,7 @@ METHODS = {
     "reference_mezo": lambda model: (ReferenceMeZO(model, 1e-7, 1e-3).step, lambda: None, 2),
     "mezo": ours("mezo"),
     "mezo_v1": ours("mezo", noise_version=1),  # the Gaussian draw of runs logged before version 2 (zo.noise)
+    "mezo_rademacher": ours("mezo", noise="rademacher"),  # z = ±1: the cheapest draw
     "mezo_momentum": ours("mezo_momentum"),
     "conmezo": ours("conmezo"),
     "conmezo_gaussian_u": ours("conmezo", unit_u=False),  # u = N(0, I)/√d: no norm pass
@@ -167,9 +179,20 @@ METHODS = {
     # Anchor steps' "full" probes see the bench's one batch here: the timed steps alternate an anchor
     # (2 forwards over what would be the whole training set) and a minibatch step (4 forwards).
     "mezo_svrg": ours("mezo_svrg"),
+    "fzoo": ours("fzoo"),  # 8 one-sided Rademacher probes + one at x
+    "sparse_mezo": ours("sparse_mezo"),  # MeZO on the 20% smallest weights of each tensor
+    "r_adazo": ours("r_adazo"),  # K = 2: three forwards (x, then x + λu_1, x + λu_2)
     "adamw": ours("adamw"),
     "sgd": ours("sgd"),
+    # --only batched: the same step with its probes side by side in one forward (zo.batched)
+    "mezo_batched": ours("mezo", batched_probes=True),
+    "fzoo_batched": ours("fzoo", batched_probes=True),
+    "loren_batched": ours("loren", batched_probes=True),
 }
+BATCHED = ["mezo", "mezo_batched", "fzoo", "fzoo_batched", "loren", "loren_batched"]
+EXTRA = {"mezo_batched", "fzoo_batched", "loren_batched"}  # rows only --only or --method asks for
+LAYERS: dict = {}  # --layers N: every architecture with N layers (a quick check, not a measurement)
+BATCHED_SET = [("smollm2-135m", torch.float32, 4, 32), ("smollm2-135m", torch.float32, 16, 64)]
 
 
 def _proc_status_mib(field: str) -> float:
@@ -207,14 +230,28 @@ def timed(fn: Callable[[], None], device: torch.device) -> float:
     return (time.perf_counter() - t0) * 1e3
 
 
-def workload(arch: str, dtype: torch.dtype, batch: int, seq: int, device) -> tuple[nn.Module, Callable]:
+class Loss:
+    """The next-token loss of one fixed batch: `loss()` at the weights in place, `loss.copies(P)` the
+    loss of each of P copies of the batch in one forward (batched probes: copy j's rows see probe j)."""
+
+    def __init__(self, model: nn.Module, tokens: torch.Tensor) -> None:
+        self.model, self.tokens = model, tokens
+
+    def __call__(self) -> torch.Tensor:
+        return self.model(input_ids=self.tokens, labels=self.tokens).loss
+
+    def copies(self, count: int) -> torch.Tensor:
+        logits = self.model(input_ids=self.tokens.repeat(count, 1)).logits  # the copies' logits at once
+        targets = self.tokens[:, 1:].flatten()
+        return torch.stack(  # each copy's loss as transformers computes it (fp32, shifted), one at a time
+            [F.cross_entropy(part[:, :-1].float().flatten(0, 1), targets) for part in logits.chunk(count)]
+        )
+
+
+def workload(arch: str, dtype: torch.dtype, batch: int, seq: int, device) -> tuple[nn.Module, Loss]:
     model = build_model(arch, dtype, device)
     tokens = torch.randint(0, ARCHS[arch][1]["vocab_size"], (batch, seq), device=device)
-
-    def loss_fn() -> torch.Tensor:
-        return model(input_ids=tokens, labels=tokens).loss
-
-    return model, loss_fn
+    return model, Loss(model, tokens)
 
 
 def time_arch(arch: str, dtype: torch.dtype, batch: int, seq: int, args, device) -> list[dict]:
@@ -252,8 +289,11 @@ def time_arch(arch: str, dtype: torch.dtype, batch: int, seq: int, args, device)
 
 
 def selected(args) -> dict[str, Callable]:
-    """The reference loop (every ratio is to it) and MeZO, then the methods asked for (default: all)."""
-    keep = {"reference_mezo", "mezo", *(args.method or METHODS)}
+    """The reference loop (every ratio is to it) and MeZO, then the methods asked for (default: all
+    but the batched rows; --only batched: those)."""
+    if args.only == "batched":
+        return {"reference_mezo": METHODS["reference_mezo"], **{name: METHODS[name] for name in BATCHED}}
+    keep = {"reference_mezo", "mezo", *(args.method or [m for m in METHODS if m not in EXTRA])}
     return {name: make for name, make in METHODS.items() if name in keep}
 
 
@@ -286,10 +326,17 @@ def peak_over(fn: Callable[[], object], device: torch.device) -> tuple[float, fl
     return peak, peak - resting
 
 
-def memory_in_child(arch: str, methods: list[str] | None) -> dict:
-    only = [word for m in methods or [] for word in ("--method", m)]
+def memory_in_child(arch: str, shape: str, args) -> dict:
+    only = [word for m in args.method or [] for word in ("--method", m)]
+    if args.only:
+        only += ["--only", args.only]
+    if args.layers:
+        only += ["--layers", str(args.layers)]
     result = subprocess.run(
-        [sys.executable, __file__, "--memory-of", arch, *only], capture_output=True, text=True, check=True
+        [sys.executable, __file__, "--memory-of", f"{arch}@{shape}", *only],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return json.loads(result.stdout.splitlines()[-1])
 
@@ -302,22 +349,27 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation)")
     parser.add_argument("--arch", action="append", help="only these architectures")
     parser.add_argument("--method", action="append", choices=list(METHODS), help="only these (and MeZO)")
+    parser.add_argument("--only", choices=["batched"], help="batched: the batched-vs-sequential rows alone")
+    parser.add_argument("--layers", type=int, help="override layer counts (quick check, not a measurement)")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--memory-of", help=argparse.SUPPRESS)  # the child process measuring memory
     args = parser.parse_args()
+    if args.layers:
+        LAYERS["num_hidden_layers"] = args.layers
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    plan = [p for p in (GPU_SET if device.type == "cuda" else CPU_SET) if not args.arch or p[0] in args.arch]
+    shapes = BATCHED_SET if args.only == "batched" else GPU_SET if device.type == "cuda" else CPU_SET
+    plan = [p for p in shapes if not args.arch or p[0] in args.arch]
     if args.memory_of:
-        _, dtype, b, s = next(p for p in plan if p[0] == args.memory_of)
-        print(json.dumps(measure_memory(args.memory_of, dtype, b, s, device, args)))
+        _, dtype, b, s = next(p for p in plan if f"{p[0]}@{p[2]}x{p[3]}" == args.memory_of)
+        print(json.dumps(measure_memory(args.memory_of.split("@")[0], dtype, b, s, device, args)))
         return
     rows = [row for arch, dtype, b, s in plan for row in time_arch(arch, dtype, b, s, args, device)]
-    memory = {arch: memory_in_child(arch, args.method) for arch, *_ in plan}
+    memory = {(arch, f"{b}x{s}"): memory_in_child(arch, f"{b}x{s}", args) for arch, _, b, s in plan}
     for row in rows:
-        row["peak_mib"], row["transient_mib"] = memory[row["arch"]][row["method"]]
-        mezo_peak = memory[row["arch"]]["mezo"][0]
-        row["peak_to_mezo"] = row["peak_mib"] / mezo_peak
-        row["inference_peak_mib"], row["inference_transient_mib"] = memory[row["arch"]]["inference"]
+        measured = memory[row["arch"], row["batch"]]
+        row["peak_mib"], row["transient_mib"] = measured[row["method"]]
+        row["peak_to_mezo"] = row["peak_mib"] / measured["mezo"][0]
+        row["inference_peak_mib"], row["inference_transient_mib"] = measured["inference"]
     machine = (
         torch.cuda.get_device_name()
         if device.type == "cuda"
@@ -362,7 +414,7 @@ def main() -> None:
             f"{r['inference_transient_mib']:.0f}",
         )
     Console(width=150).print(table)
-    out = args.out or Path(f"bench/results/step-{device.type}.json")
+    out = args.out or Path(f"bench/results/step{'-batched' if args.only else ''}-{device.type}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"machine": machine, "date": str(date.today()), "rows": rows}, indent=2))
     print(f"wrote {out}")

@@ -144,8 +144,10 @@ class BatchedProbes:
     def perturbed(self, run: Run, scale: float) -> torch.Tensor:
         """The run's weights at x + scale·z_k for the current copy, z_k drawn (fp32) by the first copy
         along it and kept until the last one has used it. At most one block's worth of z is kept: a
-        chunked head's rows, which outgrow it, are drawn per copy."""
+        chunked head's rows (a run without segments), which outgrow it, are drawn per copy."""
         opt = self.opt
+        if not run.segments:
+            return opt.block_weights(opt.base_weights(run), run, scale)
         k = opt.probe.k
         key = (run.group, run.start, run.end, k)
         entry = self._z.get(key)

@@ -28,8 +28,9 @@ Where the sources leave a choice (zo-methods.md §7):
   and skipping would leave it so.
 - projected_grad logs σ/ε, an estimate of ‖∇f‖ (E[(gᵀz)²] = ‖g‖² for Rademacher z); 0 on a skip.
 - Weight decay is not in the reference; the shared key applies as MeZO's coupled decay (default 0).
-- The batched forward (§7 (ii)) is not implemented: the N + 1 forwards run one after another, as in
-  the released trainer. The loss-reuse branch and the `thre`/`D` flags (§7 (iii), dead code) are left out.
+- The batched forward (§7 (ii)): by default the N + 1 forwards run one after another, as in the
+  released trainer; `optimizer.batched_probes=true` runs them side by side in one (zo.batched).
+  The loss-reuse branch and the `thre`/`D` flags (§7 (iii), dead code) are left out.
 - `queries` is N; at most 254, because the trajectory log stores up to 255 losses a step.
 """
 
