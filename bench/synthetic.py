@@ -426,11 +426,15 @@ def plot(
     plt.close(fig)
 
 
+def machine(threads: int) -> str:
+    cpu = platform.processor() or platform.machine()
+    return f"{cpu}, torch {torch.__version__}, {threads} thread(s), {date.today()}"
+
+
 def timing(threads: int, started: float, cpu: float) -> dict:
     """The machine, and the wall and CPU seconds since `started` and `cpu`, for a result's JSON."""
     return {
-        "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
-        f"{threads} thread(s), {date.today()}",
+        "machine": machine(threads),
         "seconds": round(time.time() - started),
         "cpu_seconds": round(time.process_time() - cpu),
     }
@@ -629,86 +633,112 @@ def run_noise(
 
 
 def noise_grid(args: argparse.Namespace, out: Path) -> None:
-    """The (ρ², d) grid of the noise protocol: JSON, CSV and heatmap beside each other at `out`."""
+    """The (ρ², d) grid of the noise protocol: JSON, CSV and heatmap beside each other at `out`.
+    Each finished d is kept in <out>.partial.json (cells and times), so a run that dies (the machine
+    is shared) resumes at the next d with the same settings; times are summed over the runs."""
     methods = [m for m in NOISE_METHODS if m in KEPT or not args.method or m in args.method]
-    rho2s = list(args.rho2 or RHO2)
-    started, cpu = time.time(), time.process_time()
-    cells, seconds = [], {}
-    for d in args.dims or NOISE_DIMS:
+    rho2s, dims = list(args.rho2 or RHO2), list(args.dims or NOISE_DIMS)
+    text = PROTOCOLS["text"]
+    setup = {
+        "kappa_power": text.kappa_power,
+        "scale": text.scale,
+        "lr_factors": list(LR_FACTORS),
+        **{k: v[0] for k, v in NOISE_KEYS.items()},
+        "eps": EPS,
+        "init_norm": INIT_NORM,
+        "unit_u": False,
+        "seed": args.seed,
+    }
+    key = json.loads(json.dumps({"rho2": rho2s, "methods": methods, "setup": setup, "fused": FUSED}))
+    partial = out.with_suffix(".partial.json")
+    done = json.loads(partial.read_text()) if partial.exists() else {}
+    if done.get("key") != key:
+        done = {"key": key, "by_d": {}}
+    for d in dims:
         steps, trials = NOISE_DIMS.get(d, (10 * d, 2))
         steps, trials = args.horizon or steps, args.trials or trials
+        kept = done["by_d"].get(str(d))
+        if kept and (kept["steps"], kept["trials"]) == (steps, trials):
+            print(f"d={d}: kept from {partial} ({kept['cpu_seconds']} s of CPU then)")
+            continue
         print(f"d={d}: {steps} steps, {trials} trials, ρ² = {rho2s}")
-        runs = {}
+        started, cpu = time.time(), time.process_time()
+        runs, seconds = {}, {}
         for m in methods:
             wall, cpu_m = time.time(), time.process_time()
             runs[m] = run_noise(m, d, rho2s, steps, trials, args.seed)
-            seconds[f"{d} {m}"] = {
-                "wall": round(time.time() - wall),
-                "cpu": round(time.process_time() - cpu_m),
-            }
-        for r in rho2s:
-            protocol = noise_protocol(d, r)
-            grids = {m: settings(m, protocol) for m in methods}
-            curves = {m: runs[m][0][r] for m in methods}
-            at = sorted({min(COMMON_STEPS, steps), steps // 2, steps})
-            forwards = {m: runs[m][1] for m in methods}
-            horizons = analyse(curves, grids, forwards, steps, args.seed, at, paired=True)
-            cos2 = torch.cat([runs[m][2][r] for m in methods])
-            lrs = protocol.grid["lr"]
-            final = horizons[-1]["methods"]
-            cells.append(
-                {
-                    "d": d,
-                    "rho2": r,
-                    "steps": steps,
-                    "trials": trials,
-                    "lr_grid": list(lrs),
-                    "f0": float(curves[BASELINE][0].double().mean()),
-                    "speedup": {m: v["speedup"] for m, v in final.items() if m != BASELINE},
-                    "f_ratio": {  # its mean F over MeZO's at the horizon: how far off a "never" is
-                        m: v["final_mean"] / final[BASELINE]["final_mean"] if v["final_mean"] else None
-                        for m, v in final.items()
-                        if m != BASELINE
-                    },
-                    "lr_at_edge": {m: v["setting"]["lr"] in (max(lrs), min(lrs)) for m, v in final.items()},
-                    "cos2": {
-                        "mean": float(cos2.mean()),
-                        "min": float(cos2.min()),
-                        "max": float(cos2.max()),
-                        "samples": cos2.numel(),
-                    },
-                    "horizons": horizons,
-                    "step_size": step_size_table(curves, grids),
-                }
-            )
-            print(f"  ρ²={r:g}: {cells[-1]['speedup']}")
-    text = PROTOCOLS["text"]
+            seconds[m] = {"wall": round(time.time() - wall), "cpu": round(time.process_time() - cpu_m)}
+        cells = [noise_cell(d, r, runs, steps, trials, args.seed) for r in rho2s]
+        done["by_d"][str(d)] = {
+            "steps": steps,
+            "trials": trials,
+            "cells": cells,
+            "seconds_by_method": seconds,
+            "seconds": round(time.time() - started),
+            "cpu_seconds": round(time.process_time() - cpu),
+        }
+        out.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text(json.dumps(done))
+    by_d = {d: done["by_d"][str(d)] for d in dims}
     result = {
         "protocol": "noise",
         "rho2": rho2s,
-        "d": list(args.dims or NOISE_DIMS),
+        "d": dims,
         "methods": methods,
-        "cells": cells,
-        "setup": {
-            "kappa_power": text.kappa_power,
-            "scale": text.scale,
-            "lr_factors": list(LR_FACTORS),
-            **{k: v[0] for k, v in NOISE_KEYS.items()},
-            "eps": EPS,
-            "init_norm": INIT_NORM,
-            "unit_u": False,
-            "seed": args.seed,
-        },
+        "cells": [c for run in by_d.values() for c in run["cells"]],
+        "setup": setup,
         "smollm2": SMOLLM2,
-        **timing(args.threads, started, cpu),
-        "seconds_by_run": seconds,
+        "machine": machine(args.threads),
+        "seconds": sum(run["seconds"] for run in by_d.values()),
+        "cpu_seconds": sum(run["cpu_seconds"] for run in by_d.values()),
+        "seconds_by_d": {
+            str(d): {k: run[k] for k in ("seconds", "cpu_seconds", "seconds_by_method")}
+            for d, run in by_d.items()
+        },
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))  # first: the tables and the figure can be redone from it
+    partial.unlink()
     noise_csv(result, out.with_suffix(".csv"))
     noise_report(result)
     heatmap(result, out.with_suffix(".png"))
-    print(f"wrote {out} (+ .csv, .png) in {result['seconds']} s ({result['cpu_seconds']} s of CPU)")
+    print(f"wrote {out} (+ .csv, .png): {result['seconds']} s, {result['cpu_seconds']} s of CPU")
+
+
+def noise_cell(d: int, rho2: float, runs: dict, steps: int, trials: int, seed: int) -> dict:
+    """One (ρ², d) cell from every method's `run_noise` at d: each horizon (`analyse`: η tuned there,
+    paired bootstrap), the measured cos², the η grid and whether the chosen η is at its edge."""
+    protocol = noise_protocol(d, rho2)
+    methods = list(runs)
+    grids = {m: settings(m, protocol) for m in methods}
+    curves = {m: runs[m][0][rho2] for m in methods}
+    at = sorted({min(COMMON_STEPS, steps), steps // 2, steps})
+    horizons = analyse(curves, grids, {m: runs[m][1] for m in methods}, steps, seed, at, paired=True)
+    cos2 = torch.cat([runs[m][2][rho2] for m in methods])
+    lrs, final = protocol.grid["lr"], horizons[-1]["methods"]
+    print(f"  ρ²={rho2:g}: { ({m: v['speedup'] for m, v in final.items() if m != BASELINE}) }")
+    return {
+        "d": d,
+        "rho2": rho2,
+        "steps": steps,
+        "trials": trials,
+        "lr_grid": list(lrs),
+        "f0": float(curves[BASELINE][0].double().mean()),
+        "speedup": {m: v["speedup"] for m, v in final.items() if m != BASELINE},
+        "f_ratio": {  # its mean F over MeZO's at the horizon: how far off a "never" is
+            m: v["final_mean"] / final[BASELINE]["final_mean"] if v["final_mean"] else None
+            for m, v in final.items()
+            if m != BASELINE
+        },
+        "lr_at_edge": {m: v["setting"]["lr"] in (max(lrs), min(lrs)) for m, v in final.items()},
+        "cos2": {
+            "mean": float(cos2.mean()),
+            "min": float(cos2.min()),
+            "max": float(cos2.max()),
+            "samples": cos2.numel(),
+        },
+        "horizons": horizons,
+        "step_size": step_size_table(curves, grids),
+    }
 
 
 def noise_csv(result: dict, out: Path) -> None:

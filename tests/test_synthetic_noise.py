@@ -153,3 +153,36 @@ def test_the_grid_writes_json_csv_and_heatmap(tmp_path: Path, monkeypatch, capsy
     assert out.with_suffix(".png").stat().st_size > 10_000
     synthetic.heatmap(result, tmp_path / "again.png")  # from the JSON alone
     assert (tmp_path / "again.png").stat().st_size > 10_000
+
+
+def test_a_grid_that_died_resumes_at_the_next_d(tmp_path: Path, monkeypatch) -> None:
+    """A finished d is kept in <out>.partial.json; the rerun computes only the rest, and its JSON has
+    the same cells as a run in one go (no time in them: the draws are all seeded)."""
+    monkeypatch.setattr(synthetic, "NOISE_DIMS", {32: (60, 2), 48: (60, 2)})
+    monkeypatch.setattr(synthetic, "COMMON_STEPS", 60)
+    args = argparse.Namespace(
+        method=None, rho2=[1.0, 0.1], dims=None, horizon=None, trials=None, seed=0, threads=1
+    )
+    out, real, calls = tmp_path / "noise.json", synthetic.run_noise, []
+
+    def dies_at_48(method: str, d: int, *rest):
+        if d == 48:
+            raise RuntimeError("killed")
+        return real(method, d, *rest)
+
+    def counted(method: str, d: int, *rest):
+        calls.append(d)
+        return real(method, d, *rest)
+
+    monkeypatch.setattr(synthetic, "run_noise", dies_at_48)
+    with pytest.raises(RuntimeError, match="killed"):
+        synthetic.noise_grid(args, out)
+    assert out.with_suffix(".partial.json").exists() and not out.exists()
+    monkeypatch.setattr(synthetic, "run_noise", counted)
+    synthetic.noise_grid(args, out)
+    assert set(calls) == {48} and not out.with_suffix(".partial.json").exists()
+    synthetic.noise_grid(args, tmp_path / "in_one_go.json")
+    resumed, in_one_go = (json.loads(p.read_text()) for p in (out, tmp_path / "in_one_go.json"))
+    assert [c["d"] for c in resumed["cells"]] == [32, 32, 48, 48]
+    assert resumed["cells"] == in_one_go["cells"]
+    assert set(resumed["seconds_by_d"]) == {"32", "48"}
