@@ -22,6 +22,11 @@ LR = {"meazo": 3e-3, "zo_adam": 3e-3, "mezo_svrg": 2e-4, "fzoo": 3e-3, "sparse_m
 # the active 20% hold ~0.3%, and a frozen x_i never moves): at 0.2 the active 80% hold ~35%, and
 # f falls by 14% at η = 2e-3 (10.2% at 1e-3).
 KEYS = {"sparse_mezo": ["optimizer.sparsity=0.2"]}
+# Forwards a step as metrics.jsonl counts them (zo.report's speedup in forwards reads them): MeZO-SVRG
+# alternates an anchor step (2 full-data probes; the quadratic's full data is one batch) and a
+# minibatch step (2 probes at the live weights, 2 at the anchor's).
+FORWARDS = {"adamw": [1], "sgd": [1], "hizoo": [3], "r_adazo": [3], "fzoo": [9], "loren": [10],
+            "mezo_svrg": [2, 4]}  # fmt: skip
 
 
 @pytest.mark.parametrize("name", names())
@@ -31,6 +36,15 @@ def test_quadratic_goes_down_in_300_steps(tmp_path: Path, name: str) -> None:
     summary = run_inprocess(args, tmp_path)
     assert summary["status"] == "finished"
     assert summary["final"]["loss"] < 0.9 * summary["initial"]["loss"], name
+    forwards = [row["forwards"] for row in read_metrics(tmp_path / "metrics.jsonl")[1:]]
+    assert forwards == FORWARDS.get(name, [2]) * (300 // len(FORWARDS.get(name, [2]))), name
+
+
+def test_a_probe_over_the_whole_training_set_counts_its_batches(tmp_path: Path, needs_shared) -> None:
+    """MeZO-SVRG's anchor step evaluates the 16 training examples twice, in batches of 4: 8 forwards."""
+    args = [*TINY, "optimizer=mezo_svrg", "task.num_train=16", "train.steps=2", "train.eval_every=0"]
+    run_inprocess(args, tmp_path)
+    assert [row["forwards"] for row in read_metrics(tmp_path / "metrics.jsonl")[1:]] == [8, 4]
 
 
 RUNS = [(name, "full") for name in names()] + [

@@ -70,10 +70,11 @@ def write_run(
     speed: float = 1.0,
     inv_d: float = 1e-3,
     dev_speed: float | None = None,
+    forwards: float | None = None,
 ) -> None:
     """A run folder as the runner leaves it (`optimizer`; by default conmezo when θ is given, else
     mezo), stopped at `last`, its eval loss falling at `speed` (see `eval_loss`), its dev eval loss
-    (logged only where `dev_speed` is given) at `dev_speed`."""
+    (logged only where `dev_speed` is given) at `dev_speed`, `forwards` a step (where given)."""
     name = optimizer or ("conmezo" if theta is not None else "mezo")
     overrides = [f"optimizer={name}", f"train.seed={seed}", *extra]
     if theta is not None:
@@ -97,6 +98,8 @@ def write_run(
     for step in range(1, last + 1):
         row = {"step": step, "loss": train_loss(seed, step), "lr": 1e-6, "beta_t": beta, "theta": theta,
                "projected_grad": 0.1, "step_time_s": 0.5}  # fmt: skip
+        if forwards is not None:
+            row["forwards"] = forwards
         if step % EVAL_EVERY == 0:
             row |= {
                 "accuracy": accuracy(theta, beta, seed, step),
@@ -510,6 +513,31 @@ def test_speedup_with_one_seed_has_no_spread_and_needs_its_baseline(tmp_path: Pa
     assert rows["mezo_momentum"]["speedup"] == pytest.approx(100 / 80)
     assert [r["optimizer"] for r in report.speedup_data(runs, baseline="mezo_momentum")][0] == "mezo_momentum"
     assert report.speedup_data(runs, baseline="adamw") == []
+
+
+def test_speedup_counted_in_forwards_weighs_each_step_by_its_cost(tmp_path: Path) -> None:
+    """ConMeZO reaches MeZO's final mean (1.25) at step 60 against MeZO's 100, a 100/60 speedup in
+    steps; at 4 forwards a step against MeZO's 2 it has spent 240 forwards to MeZO's 200: 200/240."""
+    for name, speed, forwards in (("mezo", 1.0, 2), ("conmezo", 2.0, 4), ("mezo_momentum", 1.5, 2)):
+        write_run(tmp_path / "runs" / name, None, None, 2, optimizer=name, speed=speed, forwards=forwards)
+    runs = collect_runs(tmp_path / "runs")
+    assert report.counts_forwards(runs)
+    steps = {r["optimizer"]: r for r in report.speedup_data(runs, resamples=20)}
+    rows = {r["optimizer"]: r for r in report.speedup_data(runs, resamples=20, unit="forwards")}
+    assert steps["conmezo"]["speedup"] == pytest.approx(100 / 60)
+    assert (rows["conmezo"]["forwards"], rows["conmezo"]["baseline_forwards"]) == (240, 200)
+    assert (
+        rows["conmezo"]["speedup"] == pytest.approx(200 / 240)
+        and rows["conmezo"]["evaluated_to"] == 4 * STEPS
+    )
+    assert rows["mezo_momentum"]["speedup"] == pytest.approx(steps["mezo_momentum"]["speedup"])
+    assert rows["conmezo"]["forwards_seed2"] == 240 and "steps" not in rows["conmezo"]
+    written = {p.name for p in report.report(runs, tmp_path / "out")}
+    assert {"speedup.csv", "speedup_forwards.csv"} <= written
+    write_run(tmp_path / "runs" / "old", None, None, 1, optimizer="mezo")  # logged before forwards were
+    assert not report.counts_forwards(collect_runs(tmp_path / "runs"))
+    with pytest.raises(ReportError, match="logged no forwards"):
+        report.speedup_data(collect_runs(tmp_path / "runs"), unit="forwards")
 
 
 def test_alignment_has_a_panel_and_a_1_over_d_per_task(study: Path, tmp_path: Path) -> None:

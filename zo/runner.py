@@ -304,7 +304,16 @@ def train(cfg: DictConfig, out_dir: Path, ranks: Ranks, device: torch.device) ->
                 scores |= {f"dev_{k}": v for k, v in scores_of(dev_set).items()}
             return scores
 
+        forwards = [0.0]  # this step's loss evaluations, in batches (metrics.jsonl's `forwards`)
+
         def probe_loss(probe: Probe | tuple[Probe, ...], batch: list) -> float | list[float]:
+            # What a step costs, counted the same for every method: a probe on the batch is one, P
+            # probes side by side are P, a probe over the whole training set (MeZO-SVRG) is N / B (1
+            # on the quadratic, which has no examples).
+            full = not isinstance(probe, tuple) and probe.data == "full" and bool(batch)
+            forwards[0] += (
+                len(probe) if isinstance(probe, tuple) else len(data.train) / len(batch) if full else 1
+            )
             if isinstance(probe, tuple):  # optimizer.batched_probes: the probes side by side, on the batch
                 copies = len(probe)
                 if sharded:  # each shard's losses, combined as an evaluation's scores are
@@ -315,7 +324,7 @@ def train(cfg: DictConfig, out_dir: Path, ranks: Ranks, device: torch.device) ->
                     means = sharded_scores(per_shard, batch, shards, ranks)
                     return [means[j] for j in range(copies)]
                 return mean_losses(objective, model, batch, bs, copies)
-            examples = data.train if probe.data == "full" else batch
+            examples = data.train if full else batch
             if sharded:
                 return sharded_mean(lambda part: mean_loss(objective, model, list(part), bs, backward=False),
                                     examples, shards, ranks)  # fmt: skip
@@ -351,6 +360,7 @@ def train(cfg: DictConfig, out_dir: Path, ranks: Ranks, device: torch.device) ->
             t0 = time.perf_counter()
             batch = train_batch(data.train, cfg.train.batch_size, cfg.train.seed, step)
             beta = schedule(step) if optimizer.uses_beta else None
+            forwards[0] = 0.0
             losses = optimizer.step(step, lambda probe, b=batch: probe_loss(probe, b), cfg.optimizer.lr, beta)
             if trajectory is not None:
                 trajectory.write(step, losses)
@@ -366,6 +376,7 @@ def train(cfg: DictConfig, out_dir: Path, ranks: Ranks, device: torch.device) ->
                 "beta_t": beta,
                 "theta": cfg.optimizer.theta if optimizer.name == "conmezo" else None,
                 "projected_grad": optimizer.projected_grad,
+                "forwards": forwards[0],
                 "step_time_s": time.perf_counter() - t0,
             }
             if isinstance(optimizer, ZOOptimizer):

@@ -16,6 +16,8 @@ Reads every run folder under the sweep (or a W&B project with --from-wandb) and 
                      (`zo.report.speedup` says exactly how); printed as a table too;
                      `--smooth K` measures on trailing means of K evaluations instead
     speedup_dev.csv  the same on the dev split's eval loss, where the runs scored one
+    speedup_forwards.csv  speedup.csv counted in forwards (each run's per-step `forwards` summed),
+                     where every run logged them: what the methods cost, not how many steps they took
     table.md, .tex   with `--table` (and nothing else): the paper's Tables 1/2 layout, optimizers ×
                      tasks, mean ± std over seeds of each run's test score at its best dev step
                      (else its final score), as Markdown and LaTeX (`zo.report.table`)
@@ -46,13 +48,14 @@ from zo.report.numbers import (
 )
 from zo.report.plots import plot_alignment, plot_curves, plot_heatmaps
 from zo.report.runs import ReportError, Run, collect_runs, finished_only, load_run, wandb_runs
-from zo.report.speedup import speedup_data
+from zo.report.speedup import counts_forwards, speedup_data
 
 __all__ = [
     "ReportError",
     "Run",
     "alignment_data",
     "collect_runs",
+    "counts_forwards",
     "curves_data",
     "finished_only",
     "heatmap_data",

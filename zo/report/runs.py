@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,6 +117,18 @@ class Run:
             if value is not None and ((value <= target) if is_loss(series) else (value >= target)):
                 return row["step"]
         return None
+
+    def forwards_at(self, steps: Sequence[int]) -> list[float] | None:
+        """The forwards the run had spent by each of `steps`: the runner's per-step `forwards` (in
+        batches) summed from step 1. None for a run logged before the runner counted them."""
+        per_step = {r["step"]: r.get("forwards") for r in self.rows if r["step"] >= 1}
+        if not per_step or None in per_step.values():
+            return None
+        spent, total = {0: 0.0}, 0.0
+        for step in sorted(per_step):
+            total += per_step[step]
+            spent[step] = total
+        return [spent[s] for s in steps]
 
     def mean_align_cos2(self) -> float | None:
         values = [r["align_cos2"] for r in self.rows if r.get("align_cos2") is not None]

@@ -17,6 +17,10 @@ the interval is taken over those. The generator's seed is fixed and each (panel,
 from its own stream, seeded by its runs' names: a report is reproducible, and a row's interval
 does not move when the sweep is extended by another task or method.
 
+`unit="forwards"` measures the same on the forwards each run had spent by each evaluation (the
+runner's per-step count, in batches; `Run.forwards_at`) instead of its steps: FZOO's step costs 9
+forwards, MeZO's 2, so "how many steps" and "how much compute" rank them differently.
+
 `smooth` = K > 1 replaces every curve (each draw's mean curve, and each seed's own for
 `steps_seed<N>`) by its trailing mean over K evaluations, defined from the K-th evaluation on; the
 target is then the baseline's mean over its last K evaluations. Why: on 300 held-out examples one
@@ -35,6 +39,7 @@ import numpy as np
 from zo.report.numbers import lines
 from zo.report.runs import ReportError, Run
 
+UNITS = ("steps", "forwards")
 SERIES = "eval_loss"  # the test split's loss: what "gets there first" is measured on, by default
 RESAMPLES = 2000
 LEVEL = 0.95
@@ -56,6 +61,21 @@ def _trailing(steps: np.ndarray, curves: np.ndarray, k: int) -> tuple[np.ndarray
     sums = np.cumsum(curves, axis=-1)
     sums[..., k:] = sums[..., k:] - sums[..., :-k]
     return steps[k - 1 :], sums[..., k - 1 :] / k
+
+
+def _spent(run: Run, steps: np.ndarray, unit: str) -> np.ndarray:
+    """`steps` in `unit`: themselves, or the forwards `run` had spent by each."""
+    if unit == "steps":
+        return steps
+    spent = run.forwards_at(steps.tolist())
+    if spent is None:
+        raise ReportError(f"{run.name} logged no forwards (a run from before the runner counted them)")
+    return np.array(spent, dtype=float)
+
+
+def counts_forwards(runs: list[Run]) -> bool:
+    """Whether every run logged its forwards, so the speedup can be counted in them."""
+    return bool(runs) and all(run.forwards_at([0]) is not None for run in runs)
 
 
 def _first_reach(steps: np.ndarray, curves: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -82,18 +102,22 @@ def _number(value: float) -> float | None:
     return None if np.isnan(value) else float(value)
 
 
-def _step(value: float) -> int | None:
-    return None if np.isnan(value) else int(value)
+def _step(value: float) -> int | float | None:
+    """A step (or a count of forwards, whole unless a probe ran over the whole training set)."""
+    if np.isnan(value):
+        return None
+    return int(value) if float(value).is_integer() else round(float(value), 2)
 
 
 class _Method:
     """One method's seeds in a panel: its table of eval losses and the seed draws (identity first)."""
 
     def __init__(
-        self, name: str, runs: list[Run], series: str, seed: int, resamples: int, smooth: int
+        self, name: str, runs: list[Run], series: str, seed: int, resamples: int, smooth: int, unit: str
     ) -> None:
-        self.name, self.runs, self.series, self.smooth = name, runs, series, smooth
-        self.steps, self.values = _table(runs, series)
+        self.name, self.runs, self.series, self.smooth, self.unit = name, runs, series, smooth, unit
+        steps, self.values = _table(runs, series)
+        self.steps = _spent(runs[0], steps, unit)  # the seeds of a method spend the same a step
         n = len(runs)
         self.draws = np.vstack([np.arange(n), _rng(seed, runs).integers(0, n, (resamples, n))])
 
@@ -111,7 +135,7 @@ class _Method:
     def seed_steps(self, run: Run, target: float) -> int | None:
         """The first step `run`'s own (smoothed) curve is at or below `target`: every step it logged."""
         steps, values = _table([run], self.series)
-        steps, curve = _trailing(steps, values, self.smooth)
+        steps, curve = _trailing(_spent(run, steps, self.unit), values, self.smooth)
         return _step(_first_reach(steps, curve, np.array([target]))[0]) if steps.size else None
 
 
@@ -122,11 +146,14 @@ def speedup_data(
     seed: int = RNG_SEED,
     series: str = SERIES,
     smooth: int = 1,
+    unit: str = "steps",
 ) -> list[dict]:
     """One row per (panel, method) of every panel with a finished `baseline` run; see the module docstring.
 
     The baseline comes first in its panel (its speedup is 1 by construction), then the others by label.
     """
+    if unit not in UNITS:
+        raise ReportError(f"unit {unit!r}: the speedup counts one of {', '.join(UNITS)}")
     if smooth < 1:
         raise ReportError(f"--smooth {smooth}: the window is a count of evaluations, 1 or more")
     by_panel: dict[str, list[tuple[str, list[Run]]]] = {}
@@ -143,7 +170,7 @@ def speedup_data(
         finished = [r for _, m in base for r in m if r.value_at(None, series) is not None]
         if not finished:
             continue
-        ref = _Method(base[0][0], finished, series, seed, resamples, smooth)
+        ref = _Method(base[0][0], finished, series, seed, resamples, smooth, unit)
         steps, curves = ref.curves()
         if not steps.size:
             raise ReportError(
@@ -153,7 +180,7 @@ def speedup_data(
         targets = curves[:, -1]  # each draw's mean final eval loss (over the last `smooth` evaluations)
         ref_reach = _first_reach(steps, curves, targets)
         others = sorted(((name, m) for name, m in methods if m is not base[0][1]), key=lambda nm: nm[0])
-        for method in [ref, *(_Method(name, m, series, seed, resamples, smooth) for name, m in others)]:
+        for method in [ref, *(_Method(name, m, series, seed, resamples, smooth, unit) for name, m in others)]:
             rows.append(_row(panel, baseline, method, targets, ref_reach))
     return rows
 
@@ -179,10 +206,10 @@ def _row(panel: str, baseline: str, method: _Method, targets: np.ndarray, ref_re
         "smooth": method.smooth,
         "target": target,
         "seeds": len(method.runs),
-        "evaluated_to": int(method.steps[-1]) if method.steps.size else None,
+        "evaluated_to": _step(method.steps[-1]) if method.steps.size else None,
         "final": float(np.mean(finals)) if finals else None,
-        "steps": _step(reach[0]),
-        "baseline_steps": _step(ref_reach[0]),
+        method.unit: _step(reach[0]),
+        f"baseline_{method.unit}": _step(ref_reach[0]),
         "speedup": _number(ratio[0]),
         "speedup_lo": low,
         "speedup_hi": high,
@@ -190,5 +217,5 @@ def _row(panel: str, baseline: str, method: _Method, targets: np.ndarray, ref_re
         "resamples": len(reach) - 1,
     }
     for run in sorted(method.runs, key=lambda r: r.get("train.seed") or 0):
-        row[f"steps_seed{run.get('train.seed')}"] = method.seed_steps(run, target)
+        row[f"{method.unit}_seed{run.get('train.seed')}"] = method.seed_steps(run, target)
     return row
