@@ -70,6 +70,14 @@ SWEEPS = {
         },
         dict(model="smollm2", batch=8, eps=1e-3, schedule="warmup"),
     ),
+    "lora_grid": (
+        {"lr_point": axis("mid low high"), "optimizer": axis("mezo conmezo"), "task": axis("bbcnews")},
+        dict(model="smollm2", steps=300, batch=8, eps=1e-3, schedule="warmup"),
+    ),
+    "lora": (
+        {"task": axis("bbcnews"), "train.seed": axis("0 1 2"), "optimizer": axis("mezo conmezo")},
+        dict(model="smollm2", steps=1000, batch=8, eps=1e-3, schedule="warmup"),
+    ),
 }
 
 
@@ -90,7 +98,8 @@ def pick(cfg, dotted: str):
     return node
 
 
-STUDIES = ("convergence", "convergence_grid", "leaders")  # committed under results/ (results/README.md)
+# committed under results/ (results/README.md)
+STUDIES = ("convergence", "convergence_grid", "leaders", "lora_grid", "lora")
 
 
 @pytest.mark.parametrize("name", SWEEPS)
@@ -255,6 +264,17 @@ def test_a_diverged_optuna_trial_is_an_answer_and_the_search_exits_0(tmp_path) -
              "train.steps=20", "log.wandb=disabled", f"hydra.sweep.dir={tmp_path / 'grid'}"]  # fmt: skip
     proc = cli(plain, tmp_path)
     assert proc.returncode == 1 and "1 job(s) of the sweep failed" in proc.stderr
+
+
+def test_lora_study_adapts_with_lora_at_each_methods_chosen_point_of_the_grid() -> None:
+    """The grid sweeps lr_point; the study reads each method's chosen point (lr_chosen) of the same grid."""
+    grid = {point: compose(["+sweeps=lora_grid", f"lr_point={point}"]) for point in ("low", "mid", "high")}
+    assert [cfg.optimizer.lr for cfg in grid.values()] == [3e-5, 1e-4, 3e-4]
+    for name in ("mezo", "conmezo"):
+        cfg = compose(["+sweeps=lora", f"optimizer={name}", "task=bbcnews", f"lr_chosen.{name}=high"])
+        validate(cfg)
+        assert (cfg.model.trainable, cfg.model.lora.r, cfg.optimizer.lr) == ("lora", 8, 3e-4)
+        assert (cfg.task.train_loss, cfg.log.align_every, cfg.ckpt.mode) == ("classification", 100, "log")
 
 
 def test_leaders_compares_the_methods_at_one_budget_of_forwards() -> None:
