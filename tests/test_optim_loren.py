@@ -225,13 +225,13 @@ def test_the_update_in_row_pieces_is_the_update_in_one_pass(
     tokens = torch.arange(12).view(2, 6)
     results = []
     for whole in (True, False):
-        monkeypatch.setattr(loren, "EAGER_PIECE", 40)  # 300×32 embedding: 1-row pieces
+        monkeypatch.setattr(loren, "EAGER_PIECE", 70 * 32)  # 300×32 embedding: 8 × 36 rows (a block) + 12
         if whole:
             monkeypatch.setattr(loren.Loren, "_pieces_of", lambda self, i: [(0, self._rows[i])])
         model = tiny_llama(torch.float32, layers=2)
         opt = build(model, {"name": "loren", "queries": 3, "weight_decay": 0.1, "fused": fused}, seed=0)
         embedding = opt._index[id(model.model.embed_tokens.weight)]
-        assert len(opt._pieces_of(embedding)) == (1 if whole else 300)
+        assert len(opt._pieces_of(embedding)) == (1 if whole else 9)
         with torch.no_grad():
             for t in (1, 2):
                 opt.step(t, lambda probe, m=model: m(input_ids=tokens, labels=tokens).loss.item(), 1e-2, None)
