@@ -17,12 +17,16 @@ The paper's two (--protocol), d = 1000, x₀ of norm 10, λ = 0.01, no warm-up (
       --steps: 5k, 20k, 50k, 100k) picks its own best setting per method by the mean objective at
       that step, so one run of the whole grid serves every horizon (nothing depends on the horizon).
 
-The methods beside ConMeZO (MEAZO, ZO-Adam, HiZOO, LOREN) are tuned on η alone, their other keys at
-the defaults of conf/optimizer/ (MEAZO β = 0.999; ZO-Adam β₁ = 0.9, β₂ = 0.999; HiZOO α = 1e-8; LOREN
-K = 10 probes, λ = 0.1, η_cov = 1e-3). In the code protocol they get its single η = 0.01 like every
-method, which is not a tuned step for the adaptive ones (their per-coordinate step is ~η): read
-them from the text protocol. The ratio counts steps; `speedup_forwards` counts forwards (HiZOO
-takes 3 a step, LOREN 10, the others 2). LOREN cannot run rows, so its trials run one by one
+The methods beside ConMeZO (MEAZO, ZO-Adam, HiZOO, LOREN, FZOO, Sparse-MeZO, R-AdaZO) are tuned on
+η alone, their other keys at the defaults of conf/optimizer/ (MEAZO β = 0.999; ZO-Adam β₁ = 0.9,
+β₂ = 0.999; HiZOO α = 1e-8; LOREN K = 10 probes, λ = 0.1, η_cov = 1e-3; FZOO N = 8 Rademacher
+probes, code form; Sparse-MeZO s = 0.8, h fixed at step 0, per row; R-AdaZO K = 2, β₁ = 0.9,
+β₂ = 0.999), with the protocol's perturbation scale 0.01 (FZOO's ε). In the code protocol they get
+its single η = 0.01 like every method, which is not a tuned step for the adaptive ones (their
+per-coordinate step is ~η): read them from the text protocol. The ratio counts steps;
+`speedup_forwards` counts forwards (HiZOO takes 3 a step, LOREN 10, FZOO 9, R-AdaZO 3, the others
+2). FZOO, Sparse-MeZO and R-AdaZO are opt-in (--method), like LOREN, so the default set stays the
+one of docs/results.md §1's main table. LOREN cannot run rows, so its trials run one by one
 (slow: about 1 ms a step). LOZO has no row: on a vector its perturbation is MeZO's full Gaussian
 (U·Vᵀ applies to matrices), so it would be MeZO with other noise.
 
@@ -85,6 +89,8 @@ CPU time is what an idle core would need):
 
     python bench/synthetic.py --out bench/results/synthetic_code.json                  # 4 min CPU
     python bench/synthetic.py --protocol text --out bench/results/synthetic_text.json  # 7.5 min CPU
+    python bench/synthetic.py --protocol text --method fzoo --method sparse_mezo --method r_adazo \\
+        --out bench/results/synthetic_text_leaders.json                               # the leaders
     python bench/synthetic.py --protocol text --steps 2000 --trials 2 --out /tmp/s.json  # smoke check
 """
 
@@ -117,13 +123,23 @@ METHODS = {  # the grid keys each method is tuned on (its other keys keep their 
     "zo_adam": ("lr",),
     "hizoo": ("lr",),
     "loren": ("lr",),
+    "fzoo": ("lr",),  # after loren: the earlier methods' batch seeds (their index here) stay as they were
+    "sparse_mezo": ("lr",),
+    "r_adazo": ("lr",),
 }
 BASELINE = "mezo"
 KEPT = (BASELINE, "conmezo")  # always run: the baseline and the paper's method (title, repeats table)
-DEFAULT = [m for m in METHODS if m != "loren"]  # LOREN runs one problem at a time: --method loren
+# LOREN runs one problem at a time: --method loren; the leaders FZOO, Sparse-MeZO, R-AdaZO by --method too
+DEFAULT = [m for m in METHODS if m not in ("loren", "fzoo", "sparse_mezo", "r_adazo")]
 GRID = {"lr": (1.0, 1e-1, 1e-2, 1e-3, 1e-4), "beta": (0.8, 0.9, 0.95, 0.99), "theta": (1.2, 1.3, 1.4, 1.5)}
 HORIZONS = (20, 5, 2, 1)  # horizons are --steps divided by these: 5k, 20k, 50k, 100k of 100k
 DIVERGED = 1e10
+# Methods whose whole grid runs as one batch, not one per η: their rows rarely diverge (FZOO's step
+# is normalised, Sparse-MeZO freezes most of x, R-AdaZO's is ~η per coordinate), so a per-η batch
+# would not stop early, and at d = 1000 a step of 25 rows costs about what one of 5 does (the time
+# is per-step overhead). A row's trajectory does not depend on the batch it is in (tests/
+# test_batched.py), only its noise on its indices: this saves time (1 batch of 25 rows, not 5 of 5).
+ONE_BATCH = ("fzoo", "sparse_mezo", "r_adazo")
 EPS, INIT_NORM = 0.01, 10.0
 BOOTSTRAP = 200
 FUSED = True  # compiled optimizer and noise kernels (the tests run them eagerly: no compile time)
@@ -239,7 +255,8 @@ def run_method(
     """(steps + 1, settings, repeats, trials) curves of every grid point (shape: repeats, trials),
     and the forwards per step:
     one batch per η (a batch whose rows have all diverged stops; large η diverge within a few
-    hundred steps). Repeat r draws its x₀ from seed + r; its noise differs by its rows' indices."""
+    hundred steps), or, for the methods of ONE_BATCH, the whole grid in one batch. Repeat r draws
+    its x₀ from seed + r; its noise differs by its rows' indices."""
     grid = settings(method, protocol)
     repeats, trials = shape
     starts = torch.stack(
@@ -249,9 +266,9 @@ def run_method(
             for k in range(trials)
         ]
     )
-    by_lr: dict[float, list[int]] = {}
+    by_lr: dict[float | str, list[int]] = {}
     for i, s in enumerate(grid):
-        by_lr.setdefault(s["lr"], []).append(i)
+        by_lr.setdefault(s["lr"] if method not in ONE_BATCH else "all", []).append(i)
     out = torch.empty(steps + 1, len(grid), repeats, trials)
     forwards = 0.0
     for j, (lr, idx) in enumerate(by_lr.items()):
@@ -259,7 +276,7 @@ def run_method(
         batch_seed = mix(seed, list(METHODS).index(method), j)
         values, forwards = run_rows(method, rows, starts.repeat(len(idx), 1), protocol, steps, batch_seed)
         out[:, idx] = values.view(steps + 1, len(idx), repeats, trials)
-        print(f"  {method} η={lr:g}: {len(rows)} rows, {int(torch.isinf(values[-1]).sum())} diverged")
+        print(f"  {method} η={lr}: {len(rows)} rows, {int(torch.isinf(values[-1]).sum())} diverged")
     return out, forwards
 
 
@@ -312,8 +329,8 @@ def analyse(
     """For each horizon H: each method's best setting at H, MeZO's mean at H as the target, the
     steps each method needs to reach it, and MeZO's steps over theirs (with a bootstrap interval
     over trials, drawn from seed, unless seed is None; `bootstrap`'s paired), also counted in
-    forwards (HiZOO takes 3 a step, LOREN K = 10, the others 2). curves: (steps + 1, settings,
-    trials). Horizons: at, or steps divided by HORIZONS."""
+    forwards (HiZOO takes 3 a step, LOREN K = 10, FZOO N + 1 = 9, R-AdaZO K + 1 = 3, the others 2).
+    curves: (steps + 1, settings, trials). Horizons: at, or steps divided by HORIZONS."""
     means = {m: c.mean(-1).double() for m, c in curves.items()}  # inf where any trial diverged
     out = []
     for h in at or [steps // div for div in HORIZONS]:
@@ -454,7 +471,7 @@ def main() -> None:
         "--method",
         action="append",
         choices=list(METHODS),
-        help="only these (and MeZO, ConMeZO); default: all but loren",
+        help="only these (and MeZO, ConMeZO); default: all but loren, fzoo, sparse_mezo, r_adazo",
     )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (CPU time is reported too)")
     parser.add_argument(

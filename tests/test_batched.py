@@ -50,8 +50,11 @@ def single_run(name: str, x0: torch.Tensor, setting: tuple, unit_u: bool, row: i
 
 @pytest.mark.parametrize(
     ("name", "unit_u"),
-    [(n, False) for n in ("mezo", "mezo_momentum", "conmezo", "meazo", "zo_adam", "hizoo")]
-    + [("conmezo", True)],
+    [
+        (n, False)
+        for n in ("mezo", "mezo_momentum", "conmezo", "meazo", "zo_adam", "hizoo", "fzoo", "sparse_mezo")
+    ]
+    + [("r_adazo", False), ("conmezo", True)],
 )
 def test_a_batch_of_rows_is_separate_runs(name: str, unit_u: bool, monkeypatch) -> None:
     x0 = torch.stack([start_point(D, 10.0, seed) for seed in range(len(SETTINGS))])
@@ -59,7 +62,8 @@ def test_a_batch_of_rows_is_separate_runs(name: str, unit_u: bool, monkeypatch) 
     assert not opt.rows.dead.any()
     for row, setting in enumerate(SETTINGS):
         alone = single_run(name, x0[row], setting, unit_u, row, monkeypatch)
-        assert (alone - x0[row]).abs().max() > 1e-2  # it moved
+        moved = 1e-3 if name == "sparse_mezo" else 1e-2  # Sparse-MeZO moves ⌊0.2·16⌋ = 3 entries of 16
+        assert (alone - x0[row]).abs().max() > moved  # it moved
         torch.testing.assert_close(batched[row], alone, rtol=1e-5, atol=1e-6)
 
 
@@ -74,6 +78,29 @@ def test_a_diverging_row_is_marked_dead_and_leaves_the_others_alone(name: str) -
     assert opt.rows.dead.view(-1).tolist() == [False, True, False]
     assert not torch.isfinite(mixed[1]).all()
     torch.testing.assert_close(mixed[[0, 2]], fine[[0, 2]], rtol=0, atol=0)
+
+
+def test_fzoo_skips_a_row_whose_probes_all_see_one_loss_and_moves_the_others() -> None:
+    """At x = 0 every Rademacher probe sees f = ε²Σσ_i exactly, so that row's σ is 0: it alone is
+    skipped (not dead, not moved, counted), and the other rows are bitwise those of a batch without it."""
+    x0 = torch.stack([start_point(D, 10.0, seed) for seed in range(len(SETTINGS))])
+    fine, _ = batched_run("fzoo", x0, SETTINGS, unit_u=False)
+    x0[1] = 0.0
+    with pytest.warns(RuntimeWarning, match="fzoo skipped a step in some rows"):
+        mixed, opt = batched_run("fzoo", x0, SETTINGS, unit_u=False)
+    assert not opt.rows.dead.any()
+    assert opt.skipped.view(-1).tolist() == [0, STEPS, 0]
+    assert torch.equal(mixed[1], torch.zeros(D))
+    torch.testing.assert_close(mixed[[0, 2]], fine[[0, 2]], rtol=0, atol=0)
+
+
+def test_sparse_mezo_thresholds_are_per_row() -> None:
+    """Each row keeps its own k = ⌊(1 − s)·d⌋ smallest |x| active, whatever the other rows' scale."""
+    x0 = torch.stack([start_point(D, norm, seed) for seed, norm in enumerate((10.0, 1e-3, 1e3))])
+    opt = build(Quadratics(x0, SIGMA), OptimConfig(name="sparse_mezo", fused=False), seed=0)
+    (h,) = opt.thresholds
+    assert h.shape == (3, 1)
+    assert ((x0.abs() <= h).sum(1) == int(0.2 * D)).all()
 
 
 def test_rows_need_an_optimizer_that_runs_them() -> None:

@@ -32,6 +32,11 @@ Where the sources leave a choice (zo-methods.md §7):
   released trainer; `optimizer.batched_probes=true` runs them side by side in one (zo.batched).
   The loss-reuse branch and the `thre`/`D` flags (§7 (iii), dead code) are left out.
 - `queries` is N; at most 254, because the trajectory log stores up to 255 losses a step.
+- Rows (R problems side by side, base.Rows: bench/synthetic.py): σ, the c_k and the skip are per
+  row, computed in float64 from the (R, 1) loss columns like the floats of one problem. A row whose
+  σ is 0 or not finite gets c_k = 0 and η = 0 (so no decay either) while the others move; `skipped`
+  is then an (R, 1) count per row, and a dead row (a non-finite loss, `Rows.dead`) skips every step
+  without a warning.
 """
 
 from __future__ import annotations
@@ -41,8 +46,10 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
+
 from zo.optim import register
-from zo.optim.base import OptimConfig, Probe, ZOOptimizer
+from zo.optim.base import OptimConfig, Probe, Rows, ZOOptimizer
 from zo.optim.mezo import mezo_step
 
 FORMS = ("code", "paper")
@@ -70,12 +77,14 @@ class FZOO(ZOOptimizer):
     name = "fzoo"
     Config = FZOOConfig
     supports_queries = True
+    supports_rows = True  # σ, c_k and the skip per row, as (R, 1) columns
 
     def __init__(self, model, cfg: FZOOConfig, seed: int) -> None:
         super().__init__(model, cfg, seed)
         self._probes = (Probe(0.0), *(Probe(1.0, k) for k in range(1, cfg.queries + 1)))
-        self.coef: list[float] | None = None  # c_1..c_N of the step; None: the step is skipped
-        self.skipped = 0
+        self.coef: list | None = None  # c_1..c_N of the step (floats, or (R, 1) columns); None: skipped
+        self.moving: torch.Tensor | None = None  # rows: which rows move this step (None: one problem)
+        self.skipped: int | torch.Tensor = 0  # rows: an (R, 1) count per row
 
     def probes(self) -> Sequence[Probe]:
         return self._probes
@@ -89,6 +98,8 @@ class FZOO(ZOOptimizer):
     def estimate(self, losses: Sequence[float]) -> float:
         """c_k from l_0 and l_1..l_N (in `probes()` order); returns σ/ε, or 0 for a skipped step."""
         self.check_finite(losses)
+        if isinstance(self.rows, Rows):
+            return self._estimate_rows(losses)
         center, probes = losses[0], losses[1:]
         n, eps = len(probes), self.cfg.eps
         mean = sum(probes) / n
@@ -108,10 +119,33 @@ class FZOO(ZOOptimizer):
         self.coef = coef
         return self.note_estimate(sigma / eps)
 
+    def _estimate_rows(self, losses: Sequence[torch.Tensor]) -> torch.Tensor:
+        """`estimate` per row of (R, 1) loss columns: a row whose σ is 0 or not finite skips alone."""
+        center, probes = losses[0].double(), torch.cat([f.double() for f in losses[1:]], 1)  # (R, N)
+        n, eps = probes.shape[1], self.cfg.eps
+        sigma = (probes - probes.mean(1, keepdim=True)).square().mean(1, keepdim=True).sqrt()
+        denom = n * sigma if self.cfg.form == "code" else eps * n * sigma * math.sqrt(n / (n - 1))
+        coef = (probes - center) / denom
+        ok = (sigma > 0.0) & sigma.isfinite() & coef.isfinite().all(1, keepdim=True)
+        self.coef = list(torch.where(ok, coef, 0.0).float().split(1, dim=1))
+        self.moving = ok
+        self.skipped = self.skipped + (~ok).long()
+        if (~ok & ~self.rows.dead).any():
+            warnings.warn(
+                f"fzoo skipped a step in some rows: their {n} probes' loss spread σ is 0 or not finite; "
+                "those rows did not move",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return self.note_estimate(torch.where(ok, sigma / eps, 0.0).float())
+
     def update(self, lr: float, beta: float | None) -> None:
-        """x ← decay·x − η Σ_k c_k z_k, the N directions redrawn in one pass (nothing on a skipped step)."""
+        """x ← decay·x − η Σ_k c_k z_k, the N directions redrawn in one pass (nothing on a skipped step;
+        rows: η = 0 on a skipped row, so it neither moves nor decays)."""
         if self.coef is None:
             return
+        if self.moving is not None:
+            lr = torch.where(self.moving, torch.as_tensor(lr, dtype=torch.float32), 0.0)
         (seed, move), *others = [(self.noise_seed(k), lr * c) for k, c in enumerate(self.coef, start=1)]
         step, noise, sr = self.kernel(mezo_step), self.draw, self.cfg.stochastic_rounding
         for x, _, start, decay in self.slices(lr):
@@ -122,4 +156,5 @@ class FZOO(ZOOptimizer):
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
-        self.skipped = int(state["skipped"])
+        skipped = state["skipped"]
+        self.skipped = skipped.clone() if isinstance(skipped, torch.Tensor) else int(skipped)

@@ -23,6 +23,8 @@ Choices where the sources leave one (doc §9):
   10η, against the doc's own sentence; we follow the sentence (tests pin both numbers).
 - Coupled weight decay as ZO-Adam (ĝ + wd·x); neither source uses weight decay.
 - The doc's central-difference option (`radazo_estimator=central`) is not exposed.
+- Rows (R problems side by side, base.Rows: bench/synthetic.py): m, v are per coordinate anyway;
+  the p_k, their mean and η are (R, 1) columns, β₁, β₂, ζ and the step count shared by every row.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ class RAdaZO(ZOAdam):
     name = "r_adazo"
     Config = RAdaZOConfig
     supports_queries = True
+    supports_rows = True  # p_k and η are (R, 1) columns over (R, d) views of x, m, v (as ZO-Adam)
 
     def probes(self) -> Sequence[Probe]:
         return (Probe(0.0), *(Probe(1.0, k) for k in range(self.cfg.queries)))

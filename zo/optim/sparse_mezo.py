@@ -30,6 +30,10 @@ Choices where the paper is silent or loose (doc §8; the official code could not
   the rest (biases, norms, embeddings and a tied head) are dense MeZO. `scope=all` (default, the
   paper's "per layer over all weights") masks every tensor.
 - Weight decay applies only where the mask is 1 (our choice): a frozen entry does not move at all.
+- Rows (R problems as the rows of one (R, d) parameter, base.Rows: bench/synthetic.py): the one
+  tensor's threshold becomes an (R, 1) column, h_r the k-th smallest |x_r| of row r with k from d,
+  not from R·d, so each row is exactly the tensor it would be on its own (a threshold over the
+  whole (R, d) tensor would let the rows' scales decide each other's masks).
 - lr defaults to MeZO's 1e-6 (a port's value; unverified): the paper says Sparse-MeZO tolerates
   a larger lr than MeZO, so sweep {1e-6, 2e-6, 5e-6}.
 """
@@ -48,7 +52,7 @@ from torch import nn
 from zo import ZOError
 from zo.flat import Run, Segment
 from zo.optim import register
-from zo.optim.base import OptimConfig, index_of
+from zo.optim.base import OptimConfig, Rows, index_of
 from zo.optim.mezo import MeZO, mezo_step, noise_sum
 
 SCOPES = ("all", "matrices")
@@ -103,6 +107,14 @@ def kth_magnitude(w: torch.Tensor, sparsity: float) -> float:
     return float(w.detach().reshape(-1).abs().float().kthvalue(k).values)
 
 
+def kth_magnitudes(w: torch.Tensor, sparsity: float) -> torch.Tensor | float:
+    """`kth_magnitude` of each row of an (R, d) view, as an (R, 1) column (k from d)."""
+    if sparsity == 0.0:
+        return math.inf
+    k = max(1, math.floor((1 - Fraction(repr(sparsity))) * w.shape[-1]))
+    return w.detach().abs().float().kthvalue(k, dim=-1, keepdim=True).values
+
+
 @register
 class SparseMeZO(MeZO):
     """MeZO restricted, every step, to the entries with |W| ≤ h of each tensor."""
@@ -110,6 +122,7 @@ class SparseMeZO(MeZO):
     name = "sparse_mezo"
     Config = SparseMeZOConfig
     supports_queries = True
+    supports_rows = True  # h per row, an (R, 1) column (see the module docstring)
 
     def __init__(self, model: nn.Module, cfg: SparseMeZOConfig, seed: int) -> None:
         super().__init__(model, cfg, seed)
@@ -129,7 +142,7 @@ class SparseMeZO(MeZO):
             self.flat.segments,
             lambda a, b: self._alone(a) or self._alone(b) or (decays and a.decays != b.decays),
         )
-        self.thresholds: list[float | None] = []
+        self.thresholds: list[float | torch.Tensor | None] = []  # rows: one (R, 1) column
         self.set_thresholds()
 
     def _alone(self, s: Segment) -> bool:
@@ -137,7 +150,13 @@ class SparseMeZO(MeZO):
         return self.masked[self._index[id(s.param)]]
 
     def set_thresholds(self) -> None:
-        """h of every masked tensor from its current weights in the buffer (None: a dense tensor)."""
+        """h of every masked tensor from its current weights in the buffer (None: a dense tensor);
+        on a rows model, of each row."""
+        if isinstance(self.rows, Rows):
+            (s,), (masked,) = self.flat.segments, self.masked  # rows: one (R, d) tensor
+            w = self.rows.view(self.flat.slice(s.run())[0])
+            self.thresholds = [kth_magnitudes(w, self.cfg.sparsity) if masked else None]
+            return
         self.thresholds = [
             kth_magnitude(self.flat.slice(s.run())[0], self.cfg.sparsity) if masked else None
             for s, masked in zip(self.flat.segments, self.masked, strict=True)
@@ -172,9 +191,16 @@ class SparseMeZO(MeZO):
             if limit is None:
                 out[lo:hi] = super().block_weights(x[lo:hi], part, scale)
             else:
+                view = self.rows.view  # rows: the run is the whole (R, d) tensor
                 out[lo:hi] = self.kernel(masked_block)(
-                    x[lo:hi], live[lo:hi], start + lo, self.noise_seed(), self.cfg.noise, scale, limit
-                )
+                    view(x[lo:hi]),
+                    view(live[lo:hi]),
+                    start + lo,
+                    self.noise_seed(),
+                    self.cfg.noise,
+                    scale,
+                    limit,
+                ).reshape(-1)
         return out
 
     def embedding_rows(
@@ -195,7 +221,7 @@ class SparseMeZO(MeZO):
             x, start = self.flat.slice(run)
             decay = 1.0 - lr * self.cfg.weight_decay if run.segments[0].decays else 1.0
             limit = self.thresholds[self._index[id(run.segments[0].param)]]
-            step(x, start, seed, noise, self.round_seed(1), decay, move, sr, others, limit)
+            step(self.rows.view(x), start, seed, noise, self.round_seed(1), decay, move, sr, others, limit)
 
     def state_dict(self) -> dict:
         cfg = self.cfg
@@ -218,4 +244,6 @@ class SparseMeZO(MeZO):
                 f"scope={state.get('scope')}, this run has sparsity={cfg.sparsity} scope={cfg.scope}: "
                 "use the same optimizer.sparsity and optimizer.scope or force=true"
             )
-        self.thresholds = [None if h is None else float(h) for h in saved]
+        self.thresholds = [
+            None if h is None else h.clone() if isinstance(h, torch.Tensor) else float(h) for h in saved
+        ]
