@@ -66,6 +66,40 @@ def test_prefix_scores_equal_peft_s_own_forward(needs_shared: Path) -> None:
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
 
 
+def test_prefix_decoding_sees_the_prefix(needs_shared: Path) -> None:
+    """Generation tasks decode a prefix-tuned model as peft's own forward scores it, token by token, for
+    left-padded prompts of different lengths; transformers 5's generate would drop the prefix and answer
+    as the base model (the test's control, with the prefix made large so that it changes the answer)."""
+    from data import build_task
+    from zo.config import model_config
+    from zo.generation import Generation
+    from zo.models import load_model
+
+    cfg = compose([*TINY, "model.trainable=prefix", "model.arch.tie_word_embeddings=false"])
+    model, tokenizer = load_model(model_config(cfg), 0, seed=0)
+    objective = Generation(build_task("squad"), tokenizer, 64)
+    objective.max_new_tokens = 5
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 5)
+    contexts = [[5, 6, 7, 8, 9, 10], [11, 12, 13]]
+
+    def reference(ctx: list[int], generate) -> list[int]:
+        ids = torch.tensor([ctx])
+        for _ in range(5):
+            ids = torch.cat([ids, generate(ids)[:, None]], 1)
+        return ids[0, len(ctx) :].tolist()
+
+    with torch.no_grad():
+        ours = objective.generate(model, contexts)
+        theirs = [reference(c, lambda ids: model(input_ids=ids).logits[:, -1].argmax(-1)) for c in contexts]
+        base = [reference(c, lambda ids: model.get_base_model()(input_ids=ids).logits[:, -1].argmax(-1))
+                for c in contexts]  # fmt: skip
+    assert ours == tokenizer.batch_decode(theirs, skip_special_tokens=True)
+    assert theirs != base
+
+
 def test_a_lora_run_reports_its_trainable_count_and_saves_the_adapter(
     tmp_path: Path, needs_shared: Path
 ) -> None:

@@ -11,9 +11,10 @@ import pytest
 
 import zo.runner
 from data import DataError, build_task
-from tests.conftest import TINY, compose, minutes, run_inprocess
+from tests.conftest import TINY, compose, minutes, read_metrics, run_inprocess
 from zo import ZOError
 from zo.config import ConfigError, validate
+from zo.optim import names
 
 # Untied embeddings: a random tiny llama with tied ones repeats the prompt's last token ([SEP]), which
 # decodes to "" and would make comparing answers vacuous.
@@ -243,6 +244,29 @@ def test_lora_selecting_on_eval_loss_and_an_evaluation_only_run(tmp_path: Path) 
     only = run_inprocess([*GEN, data, "train.steps=0"], tmp_path / "eval")
     assert only["status"] == "finished" and only["initial"]["f1"] == only["final"]["f1"]
     assert len((tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()) == 6
+
+
+@pytest.mark.parametrize("name", names())
+def test_every_optimizer_trains_a_generation_task(tmp_path: Path, name: str) -> None:
+    """Item 5: each optimizer's step on the answer tokens' loss moves the weights (the answer loss on
+    test changes), with the forwards its method takes; LOREN at 4 probes to keep it short."""
+    data = f"task.files.train={prompt_completion(tmp_path)}"
+    few = ["optimizer.queries=4"] if name == "loren" else []
+    summary = run_inprocess([*GEN, data, f"optimizer={name}", "train.steps=1", *few], tmp_path / "run")
+    rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert summary["status"] == "finished" and summary["metric"] == "f1", name
+    assert summary["final"]["eval_loss"] != summary["initial"]["eval_loss"], name
+    assert rows[1]["forwards"] == {"loren": 4, "fzoo": 9, "hizoo": 3, "r_adazo": 3, "adamw": 1, "sgd": 1,
+                                   "mezo_svrg": 8}.get(name, 2), name  # fmt: skip
+
+
+def test_prefix_tuning_trains_a_generation_task(tmp_path: Path) -> None:
+    """A prefix adapter's virtual tokens sit before the prompt in training and in decoding."""
+    data = f"task.files.train={prompt_completion(tmp_path)}"
+    summary = run_inprocess([*GEN, data, "optimizer=conmezo", "model.trainable=prefix"], tmp_path / "run")
+    assert summary["status"] == "finished" and summary["params"] < 10_000
+    assert summary["final"]["eval_loss"] != summary["initial"]["eval_loss"]
+    assert len((tmp_path / "run" / "predictions.jsonl").read_text().splitlines()) == 6
 
 
 # ---- SmolLM2, for real ---------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from torch import nn
 from data.base import Example, Task
 from data.metrics import exact_match, f1_score
 from zo import ZOError
-from zo.objective import CausalLM, _device, batches, cut_left
+from zo.objective import CausalLM, _device, batches, cut_left, hidden_states
 
 
 def answer_of(text: str) -> str:
@@ -87,10 +87,34 @@ class Generation(CausalLM):
             ids[row, width - len(ctx) :] = torch.tensor(ctx)
             mask[row, width - len(ctx) :] = 1
         device = _device(model)
-        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                             max_new_tokens=self.max_new_tokens, do_sample=False,
-                             pad_token_id=self.tok.pad_token_id)  # fmt: skip
+        ids, mask = ids.to(device), mask.to(device)
+        if hasattr(model, "peft_config") and model.active_peft_config.is_prompt_learning:
+            out = self.greedy_without_cache(model, ids, mask)
+        else:
+            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=self.max_new_tokens,
+                                 do_sample=False, pad_token_id=self.tok.pad_token_id)  # fmt: skip
         return self.tok.batch_decode(out[:, width:], skip_special_tokens=True)
+
+    def greedy_without_cache(self, model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Greedy decoding through the objective's own forward (hidden_states), one whole forward per
+        new token. Why: prefix tuning's virtual tokens travel as the KV cache, and with transformers 5
+        peft's `generate` hands them over as `past_key_values` while generate passes its own `cache`,
+        which wins: the prefix is silently ignored and the base model answers (peft issue 2123's
+        family). Positions count real tokens from the first one after the prefix, as in training."""
+        prefix = model.active_peft_config.num_virtual_tokens
+        stop = model.generation_config.eos_token_id
+        stop = torch.tensor(stop if isinstance(stop, list) else [stop if stop is not None else -1])
+        done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+        head = model.get_output_embeddings()
+        for _ in range(self.max_new_tokens):
+            positions = (mask.cumsum(1) - 1).clamp(min=0) + prefix
+            nxt = head(hidden_states(model, ids, mask, positions)[:, -1]).argmax(-1)
+            nxt = torch.where(done, self.tok.pad_token_id, nxt)
+            ids, mask = torch.cat([ids, nxt[:, None]], 1), torch.cat([mask, (~done).long()[:, None]], 1)
+            done |= torch.isin(nxt, stop.to(nxt.device))
+            if bool(done.all()):
+                break
+        return ids
 
     def evaluate(self, model: nn.Module, examples: list[Example], batch_size: int) -> dict[str, float]:
         total = {"f1": 0.0, "em": 0.0, "eval_loss": 0.0}

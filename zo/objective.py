@@ -122,11 +122,14 @@ class _Tokenized(Objective):
         return each.view(copies, len(batch)).mean(1)
 
 
-def hidden_states(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def hidden_states(
+    model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, position_ids: torch.Tensor | None = None
+) -> torch.Tensor:
     """The transformer body's last hidden states: the heads then run only where a score needs them.
 
     A peft model runs its underlying transformers model's body (LoRA layers sit inside it); prefix
     tuning also passes its virtual tokens' keys and values and widens the mask, as peft's forward does.
+    `position_ids` (default: the model's own, counted from the first column) serve left-padded decoding.
     """
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     extra = {}
@@ -137,6 +140,8 @@ def hidden_states(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> to
         extra[key] = model.get_prompt(batch_size=ids.shape[0])
         tokens = model.active_peft_config.num_virtual_tokens
         mask = torch.cat([mask.new_ones(ids.shape[0], tokens), mask], 1)
+    if position_ids is not None:
+        extra["position_ids"] = position_ids
     return inner.base_model(input_ids=ids, attention_mask=mask, **extra).last_hidden_state
 
 
