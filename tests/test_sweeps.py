@@ -287,3 +287,15 @@ def test_leaders_compares_the_methods_at_one_budget_of_forwards() -> None:
         assert budget == 600 if name == "mezo" else 1200 <= budget < 1200 + per_step, name
         assert 180 <= cfg.train.eval_every * per_step <= 200, name
     assert compose(["+sweeps=leaders", "optimizer=mezo", "task=bbcnews"]).optimizer.lr == 3e-5
+
+
+def test_every_result_file_the_docs_cite_is_in_the_repository() -> None:
+    """bench/results/ is git-ignored (a benchmark run must not land by accident), so a figure the docs
+    quote can be left behind when its commit forgets `git add -f`: a fresh clone then lacks it."""
+    import re
+
+    docs = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "results" / "README.md"]
+    cited = {
+        m for doc in docs for m in re.findall(r"bench/results/[\w.-]+\.(?:json|csv|png|svg)", doc.read_text())
+    }
+    assert len(cited) >= 10 and not [c for c in sorted(cited) if not (ROOT / c).is_file()]
