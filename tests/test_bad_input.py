@@ -625,3 +625,18 @@ def test_precision_warning_once_with_the_fraction_and_the_fix(capsys: pytest.Cap
         and "optimizer.eps" in line
         and "optimizer.stochastic_rounding=true" in line
     )
+
+
+def test_a_second_process_in_a_run_folder_is_refused_and_changes_nothing(tmp_path: Path) -> None:
+    """While a run holds its folder (here: this test, as the other process), a launch of the same run
+    stops with one line naming the holder's pid and leaves the folder's files as they were; once the
+    holder is gone the run goes ahead."""
+    args = [*QUAD, "train.steps=3"]
+    run_inprocess(args, tmp_path)
+    files = lambda: {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file() and p.name != ".lock"}  # noqa: E731
+    before = files()
+    with checkpoint.held(tmp_path):
+        with pytest.raises(ZOError, match=rf"in use by another process \(pid {os.getpid()}\)"):
+            run_inprocess([*args, "force=true"], tmp_path)
+        assert files() == before and len(before) >= 5
+    assert run_inprocess([*args, "force=true"], tmp_path)["status"] == "finished"

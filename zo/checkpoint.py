@@ -25,13 +25,15 @@ skip a finished run, start fresh, or refuse with one line. Nothing is ever delet
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import shlex
 import struct
 import sys
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -245,6 +247,34 @@ def load(out_dir: Path, model: nn.Module, optimizer) -> dict:
 # ---- what a run may do with its folder ------------------------------------------------------------
 LAUNCH = Path(__file__).resolve().parents[1] / "launch.py"
 _NOT_REPEATED = ("resume", "force", "hydra.run.dir")  # set by the resume command itself
+
+
+@contextmanager
+def held(out_dir: Path) -> Iterator[None]:
+    """One process at a time in a run folder (an advisory lock on `<run>/.lock`, released when the
+    process ends, however it ends). Why: a second launch of the same run (a sweep restarted while the
+    first still finishes its step after SIGTERM, a requeued Slurm job overlapping the one before)
+    starts over or resumes while the first still writes: the first then appends its last step to
+    logs the second has cut, and that step appears twice, so a replay would apply it twice."""
+    fh = open(out_dir / ".lock", "a+")  # noqa: SIM115 - held for the whole run
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        pid = fh.read().strip() or "?"
+        fh.close()
+        raise ZOError(
+            f"{out_dir} is in use by another process (pid {pid}) running this run: wait for it to end "
+            "(or stop it), then run again"
+        ) from None
+    try:
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        yield
+    finally:
+        fh.close()  # closing releases the lock
 
 
 def resume_command(out_dir: Path, overrides: list[str]) -> str:

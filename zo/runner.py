@@ -238,6 +238,11 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
 
 def train(cfg: DictConfig, out_dir: Path, ranks: Ranks, device: torch.device) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
+    with checkpoint.held(out_dir):  # or refuses: another process is in this folder
+        return _train(cfg, out_dir, ranks, device)
+
+
+def _train(cfg: DictConfig, out_dir: Path, ranks: Ranks, device: torch.device) -> dict:
     folder = checkpoint.inspect(out_dir, OmegaConf.to_container(cfg, resolve=True), SCHEMA_KEYS)  # or refuses
     if ranks.world > 1 and cfg.model.device_map is not None:
         raise ZOError("model.device_map under torchrun is not supported: each rank holds the whole model on "
