@@ -288,8 +288,8 @@ def test_leaders_compares_the_methods_at_one_budget_of_forwards() -> None:
         assert 180 <= cfg.train.eval_every * per_step <= 200, name
     assert compose(["+sweeps=leaders", "optimizer=mezo", "task=bbcnews"]).optimizer.lr == 3e-5
     # FZOO's grid is centred on MeZO's per-coordinate step; the reference's η stays as its own point
-    fzoo = {p: compose(["+sweeps=leaders", "optimizer=fzoo", f"lr_point={p}"]).optimizer.lr for p in ("ref", "mid")}
-    assert fzoo == {"ref": 1e-5, "mid": 1e-3}
+    fzoo = ["+sweeps=leaders", "optimizer=fzoo"]
+    assert [compose([*fzoo, f"lr_point={p}"]).optimizer.lr for p in ("ref", "mid")] == [1e-5, 1e-3]
 
 
 def test_every_result_file_the_docs_cite_is_in_the_repository() -> None:
