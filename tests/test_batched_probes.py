@@ -59,9 +59,9 @@ def loss_at(objective, net, batch, full):
     return at
 
 
-def compare(model: str, extra: list[str], steps: int = 3) -> float:
+def compare(model: str, extra: list[str], steps: int = 2) -> float:
     """Worst relative gap between the batched and the sequential losses of the same probes, over a few
-    steps (each step then moves on the batched losses)."""
+    steps (each step then moves on the batched losses, so the second probes moved weights)."""
     cfg, net, objective, opt, train = setup(model, extra)
     opt.set_data(len(train[:12]), 6)
     worst = 0.0
@@ -83,14 +83,24 @@ def compare(model: str, extra: list[str], steps: int = 3) -> float:
     return worst
 
 
-@pytest.mark.parametrize("method", list(METHODS))
-@pytest.mark.parametrize("model", ["tiny-llama", "tiny-opt", "tiny-roberta"])
+# Every method on one architecture; on the others, one method per kind of copy a probe makes (MeZO's
+# x + εz, HiZOO's preconditioned one, LOREN's rank-1 pieces): what differs between architectures is
+# which modules the copies enter (embeddings, norms, attention), not how a method forms them.
+PAIRS = [("tiny-llama", method) for method in METHODS] + [
+    (model, method) for model in ("tiny-opt", "tiny-roberta") for method in ("mezo", "hizoo", "loren")
+]
+
+
+@pytest.mark.parametrize(("model", "method"), PAIRS)
 def test_batched_losses_equal_the_sequential_ones(model: str, method: str, needs_shared) -> None:
     assert compare(model, METHODS[method]) < 1e-5
 
 
-@pytest.mark.parametrize("method", ["mezo", "hizoo", "loren", "fzoo"])
-@pytest.mark.parametrize("model", ["tiny-llama", "tiny-opt", "tiny-roberta"])
+@pytest.mark.parametrize(
+    ("model", "method"),
+    [(model, "mezo") for model in ("tiny-llama", "tiny-opt", "tiny-roberta")]
+    + [("tiny-llama", method) for method in ("hizoo", "loren", "fzoo")],
+)
 def test_batched_losses_equal_the_sequential_ones_under_lora(model: str, method: str, needs_shared) -> None:
     assert compare(model, [*METHODS[method], "model.trainable=lora"]) < 1e-5
 

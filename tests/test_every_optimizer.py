@@ -77,9 +77,9 @@ def test_resume_after_sigint_equals_uninterrupted(
     tmp_path: Path, needs_shared: Path, monkeypatch: pytest.MonkeyPatch, uninterrupted, name: str, mode: str
 ) -> None:
     """ckpt.mode=log: the checkpoint holds no tensors and the resume replays the trajectory log."""
-    args = [*TINY, f"optimizer={name}", "train.steps=6", "train.eval_every=3", *FEWER.get(name, [])]
+    args = [*TINY, f"optimizer={name}", "train.steps=4", "train.eval_every=2", *FEWER.get(name, [])]
     whole = uninterrupted(name, args)
-    stop_and_resume([*args, f"ckpt.mode={mode}"], tmp_path / "split", monkeypatch, at=3)
+    stop_and_resume([*args, f"ckpt.mode={mode}"], tmp_path / "split", monkeypatch, at=2)
     assert read_metrics(tmp_path / "split" / "metrics.jsonl") == whole
 
 

@@ -71,7 +71,7 @@ SWEEPS = {
         dict(model="smollm2", batch=8, eps=1e-3, schedule="warmup"),
     ),
     "lora_grid": (
-        {"lr_point": axis("mid low high"), "optimizer": axis("mezo conmezo"), "task": axis("bbcnews")},
+        {"lr_point": axis("mid high low"), "optimizer": axis("mezo conmezo"), "task": axis("bbcnews")},
         dict(model="smollm2", steps=300, batch=8, eps=1e-3, schedule="warmup"),
     ),
     "lora": (
@@ -221,9 +221,18 @@ def test_optuna_tune_preset_searches_lr_and_eps_and_reports_the_best_trial(tmp_p
     from tests.conftest import cli
 
     sweep = tmp_path / "tune"
-    args = ["+sweeps=tune", "-m", "model=quadratic", "task=quadratic", "hydra.sweeper.direction=minimize",
-            "hydra.sweeper.n_trials=4", "train.steps=60", "log.wandb=disabled",
-            f"hydra.sweep.dir={sweep}"]  # fmt: skip
+    args = [
+        "+sweeps=tune",
+        "-m",
+        "model=quadratic",
+        "task=quadratic",
+        "optimizer.fused=false",
+        "hydra.sweeper.direction=minimize",
+        "hydra.sweeper.n_trials=4",
+        "train.steps=60",
+        "log.wandb=disabled",
+        f"hydra.sweep.dir={sweep}",
+    ]
     proc = cli(args, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
@@ -246,9 +255,20 @@ def test_a_diverged_optuna_trial_is_an_answer_and_the_search_exits_0(tmp_path) -
     from tests.conftest import cli
 
     sweep = tmp_path / "tune"
-    args = ["+sweeps=tune", "-m", "model=quadratic", "task=quadratic", "hydra.sweeper.direction=minimize",
-            "optimizer.lr=choice(1e-4,100.0)", "optimizer.eps=0.01", "hydra.sweeper.n_trials=4",
-            "train.steps=20", "log.wandb=disabled", f"hydra.sweep.dir={sweep}"]  # fmt: skip
+    args = [
+        "+sweeps=tune",
+        "-m",
+        "model=quadratic",
+        "task=quadratic",
+        "optimizer.fused=false",
+        "hydra.sweeper.direction=minimize",
+        "optimizer.lr=choice(1e-4,100.0)",
+        "optimizer.eps=0.01",
+        "hydra.sweeper.n_trials=4",
+        "train.steps=20",
+        "log.wandb=disabled",
+        f"hydra.sweep.dir={sweep}",
+    ]
     proc = cli(args, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     trials = [json.loads((sweep / str(n) / "summary.json").read_text()) for n in range(4)]
@@ -260,8 +280,17 @@ def test_a_diverged_optuna_trial_is_an_answer_and_the_search_exits_0(tmp_path) -
     assert best["best_params"]["optimizer.lr"] == pytest.approx(1e-4)
     assert "the search scores it as failed" in proc.stderr and "job(s) of the sweep failed" not in proc.stderr
     # A grid sweep has no search to answer: there the diverged job is a failed one.
-    plain = ["-m", "model=quadratic", "task=quadratic", "optimizer.lr=1e-4,100.0", "optimizer.eps=0.01",
-             "train.steps=20", "log.wandb=disabled", f"hydra.sweep.dir={tmp_path / 'grid'}"]  # fmt: skip
+    plain = [
+        "-m",
+        "model=quadratic",
+        "task=quadratic",
+        "optimizer.fused=false",
+        "optimizer.lr=1e-4,100.0",
+        "optimizer.eps=0.01",
+        "train.steps=20",
+        "log.wandb=disabled",
+        f"hydra.sweep.dir={tmp_path / 'grid'}",
+    ]
     proc = cli(plain, tmp_path)
     assert proc.returncode == 1 and "1 job(s) of the sweep failed" in proc.stderr
 
