@@ -540,6 +540,32 @@ def test_speedup_counted_in_forwards_weighs_each_step_by_its_cost(tmp_path: Path
         report.speedup_data(collect_runs(tmp_path / "runs"), unit="forwards")
 
 
+def test_lines_put_each_method_s_grid_against_one_baseline(tmp_path: Path) -> None:
+    """The leaders study: MeZO at one η sets the target (its final loss, 1.6 at step 100, 200
+    forwards); FZOO at two η, 9 forwards a step, gets there at step 60 (speed 2: 1.52) and 40 (speed
+    3), 540 and 360 forwards; a third η not yet trained is in the table, not reached, and does not
+    hide the forwards table. Without --lines each η is its own panel and only MeZO's has a target."""
+    runs_dir = tmp_path / "runs"
+    for point, speed, last in (("low", 2.0, STEPS), ("mid", 3.0, STEPS), ("high", 3.0, 0)):
+        write_run(runs_dir / point, None, None, 0, last, (f"lr_point={point}",), optimizer="fzoo",
+                  speed=speed, forwards=9)  # fmt: skip
+    write_run(runs_dir / "mezo", None, None, 0, extra=("lr_point=mid",), optimizer="mezo", forwards=2,
+              dev_speed=1.0)  # fmt: skip
+    assert {r["panel"] for r in report.speedup_data(collect_runs(runs_dir), resamples=10)} == {"lr_point=mid"}
+    out = tmp_path / "out"
+    assert report.main([str(runs_dir), "--lines", "lr_point", "--out", str(out)]) == 0
+    rows = {r["label"]: r for r in read_csv(out / "speedup_forwards.csv")}
+    assert set(rows) == {"mezo lr_point=mid", *(f"fzoo lr_point={p}" for p in ("low", "mid", "high"))}
+    assert [float(rows[f"fzoo lr_point={p}"]["forwards"]) for p in ("low", "mid")] == [540, 360]
+    assert float(rows["fzoo lr_point=mid"]["speedup"]) == pytest.approx(200 / 360)
+    assert (
+        rows["fzoo lr_point=high"]["forwards"] == "" and float(rows["mezo lr_point=mid"]["forwards"]) == 200
+    )
+    # On dev (only MeZO scored it here: FZOO's rows are there, unreached) in forwards too
+    dev = {r["label"]: r for r in read_csv(out / "speedup_dev_forwards.csv")}
+    assert set(dev) == set(rows) and float(dev["mezo lr_point=mid"]["forwards"]) == 200
+
+
 def test_alignment_has_a_panel_and_a_1_over_d_per_task(study: Path, tmp_path: Path) -> None:
     aligned, inv_d = report.alignment_data(collect_runs(study))
     assert inv_d == {f"task={t}": pytest.approx(d) for t, d in INV_D.items()}

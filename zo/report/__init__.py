@@ -18,6 +18,7 @@ Reads every run folder under the sweep (or a W&B project with --from-wandb) and 
     speedup_dev.csv  the same on the dev split's eval loss, where the runs scored one
     speedup_forwards.csv  speedup.csv counted in forwards (each run's per-step `forwards` summed),
                      where every run logged them: what the methods cost, not how many steps they took
+    speedup_dev_forwards.csv  the same on the dev split's eval loss
     table.md, .tex   with `--table` (and nothing else): the paper's Tables 1/2 layout, optimizers ×
                      tasks, mean ± std over seeds of each run's test score at its best dev step
                      (else its final score), as Markdown and LaTeX (`zo.report.table`)
@@ -27,6 +28,8 @@ would cut its method's mean curves (and speedup) short at its last evaluation.
 
 Every figure has a panel per setting other than optimizer, θ and β (a panel per task in a
 task × optimizer study, like the convergence sweep) and a line per optimizer setting.
+`--lines KEY` lets a panel's lines differ in KEY too: the leaders study's `--lines lr_point` puts every
+method's η grid in MeZO's panel, so each (method, η) gets a speedup against the one MeZO target.
 
 Numbers are computed first (`runs_table`, `heatmap_data`, `curves_data`, `series_data`,
 `alignment_data`, `speedup_data`) and written as CSV; the plot functions only draw those numbers,

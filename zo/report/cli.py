@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,15 @@ from zo.report.numbers import (
     write_csv,
 )
 from zo.report.plots import plot_alignment, plot_curves, plot_heatmaps, pyplot
-from zo.report.runs import DEFAULT_STEPS, ReportError, Run, collect_runs, finished_only, wandb_runs
+from zo.report.runs import (
+    DEFAULT_STEPS,
+    PANEL_FREE,
+    ReportError,
+    Run,
+    collect_runs,
+    finished_only,
+    wandb_runs,
+)
 from zo.report.speedup import counts_forwards, speedup_data
 from zo.report.table import markdown, paper_table, write_table
 
@@ -82,9 +91,13 @@ def report(
     )
     # And counted in forwards, where every run logged them: a method of 9 forwards a step that needs
     # a third of MeZO's steps has spent more, not less.
+    in_forwards = bool(speedups) and counts_forwards(runs)
     forward_speedups = (
-        speedup_data(runs, baseline or "mezo", smooth=smooth, unit="forwards")
-        if speedups and counts_forwards(runs)
+        speedup_data(runs, baseline or "mezo", smooth=smooth, unit="forwards") if in_forwards else []
+    )
+    dev_forward_speedups = (
+        speedup_data(runs, baseline or "mezo", series="dev_eval_loss", smooth=smooth, unit="forwards")
+        if in_forwards and dev_speedups
         else []
     )
     if baseline and not speedups:
@@ -118,7 +131,8 @@ def report(
         )
         figures.append(plot_alignment(aligned, inv_d, out))
     tables = (("speedup.csv", speedups, "steps"), ("speedup_dev.csv", dev_speedups, "steps"),
-              ("speedup_forwards.csv", forward_speedups, "forwards"))  # fmt: skip
+              ("speedup_forwards.csv", forward_speedups, "forwards"),
+              ("speedup_dev_forwards.csv", dev_forward_speedups, "forwards"))  # fmt: skip
     for name, table, unit in tables:
         if table:
             write_csv(out / name, table)
@@ -168,6 +182,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "speedup on trailing means of K evaluations, the target too (default 1: the evaluations as logged)"
     )
     add("--smooth", type=int, default=1, metavar="K", help=smooth)
+    lines = (
+        "override keys a panel's lines may also differ in, besides optimizer, θ and β (e.g. lr_point: "
+        "a study whose methods each run their own η grid, against one baseline)"
+    )
+    add("--lines", nargs="+", default=[], metavar="KEY", help=lines)
     finished = "only the runs that finished: a sweep still running, reported on its finished seeds"
     add("--finished", action="store_true", help=finished)
     add(
@@ -196,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
             runs = collect_runs(args.sweep_dir, args.metric)
         if args.finished:
             runs = finished_only(runs)
+        if args.lines:
+            runs = [replace(run, panel_free=(*PANEL_FREE, *args.lines)) for run in runs]
         if args.table:
             written = table_only(runs, args.out)
         else:

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from zo.report.runs import CONE_KEYS, DEFAULT_STEPS, PANEL_FREE, SHORT, Run, override_key
+from zo.report.runs import CONE_KEYS, DEFAULT_STEPS, SHORT, Run, override_key
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -49,7 +49,7 @@ def groups(runs: Iterable[Run]) -> dict[tuple[str, ...], list[Run]]:
 
 
 def panels(runs: Iterable[Run]) -> dict[str, list[Run]]:
-    """Runs that differ only in optimizer, θ, β and seeds, by title: one figure panel each.
+    """Runs that differ only in optimizer, θ, β and seeds (`Run.panel_free`), by title: one figure panel each.
 
     A grid of η × θ × β gets a panel per η with a line (or heatmap cell) per θ, β; a table of
     tasks × optimizers gets a panel per task. The title names what sets the panels apart, or
@@ -57,7 +57,7 @@ def panels(runs: Iterable[Run]) -> dict[str, list[Run]]:
     """
     by_key: dict[tuple[str, ...], list[Run]] = defaultdict(list)
     for run in runs:
-        by_key[tuple(o for o in run.key if override_key(o) not in PANEL_FREE)].append(run)
+        by_key[tuple(o for o in run.key if override_key(o) not in run.panel_free)].append(run)
     show = varying_keys(by_key)
     return {describe(k, show) or str(m[0].get("task.name")): m for k, m in sorted(by_key.items())}
 

@@ -32,6 +32,9 @@ class Run:
     metric: str
     s_per_step: float | None = None
     peak_mem_mib: float | None = None
+    # Override keys this run's panel may hold other values of, as lines or cells (`numbers.panels`);
+    # a study whose methods each have their own η grid adds its grid key (`--lines lr_point`).
+    panel_free: tuple[str, ...] = PANEL_FREE
     evals: list[dict] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -120,9 +123,10 @@ class Run:
 
     def forwards_at(self, steps: Sequence[int]) -> list[float] | None:
         """The forwards the run had spent by each of `steps`: the runner's per-step `forwards` (in
-        batches) summed from step 1. None for a run logged before the runner counted them."""
+        batches) summed from step 1. None for a run logged before the runner counted them (a run
+        that has not trained yet has spent none, whenever it was logged)."""
         per_step = {r["step"]: r.get("forwards") for r in self.rows if r["step"] >= 1}
-        if not per_step or None in per_step.values():
+        if None in per_step.values():
             return None
         spent, total = {0: 0.0}, 0.0
         for step in sorted(per_step):
