@@ -214,6 +214,11 @@ def test_a_sweep_over_every_zo_method_runs_and_reports_one_row_each(tmp_path) ->
         )
 
 
+# Four optuna trials on the quadratic, eager (the subject is the search, not the kernels).
+TUNE = ["+sweeps=tune", "-m", "model=quadratic", "task=quadratic", "optimizer.fused=false",
+        "hydra.sweeper.direction=minimize", "hydra.sweeper.n_trials=4", "log.wandb=disabled"]  # fmt: skip
+
+
 def test_optuna_tune_preset_searches_lr_and_eps_and_reports_the_best_trial(tmp_path) -> None:
     """+sweeps=tune on the quadratic: each trial returns its final f, the study keeps the smallest."""
     import yaml
@@ -221,18 +226,7 @@ def test_optuna_tune_preset_searches_lr_and_eps_and_reports_the_best_trial(tmp_p
     from tests.conftest import cli
 
     sweep = tmp_path / "tune"
-    args = [
-        "+sweeps=tune",
-        "-m",
-        "model=quadratic",
-        "task=quadratic",
-        "optimizer.fused=false",
-        "hydra.sweeper.direction=minimize",
-        "hydra.sweeper.n_trials=4",
-        "train.steps=60",
-        "log.wandb=disabled",
-        f"hydra.sweep.dir={sweep}",
-    ]
+    args = [*TUNE, "train.steps=60", f"hydra.sweep.dir={sweep}"]
     proc = cli(args, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
@@ -256,17 +250,10 @@ def test_a_diverged_optuna_trial_is_an_answer_and_the_search_exits_0(tmp_path) -
 
     sweep = tmp_path / "tune"
     args = [
-        "+sweeps=tune",
-        "-m",
-        "model=quadratic",
-        "task=quadratic",
-        "optimizer.fused=false",
-        "hydra.sweeper.direction=minimize",
+        *TUNE,
         "optimizer.lr=choice(1e-4,100.0)",
         "optimizer.eps=0.01",
-        "hydra.sweeper.n_trials=4",
         "train.steps=20",
-        "log.wandb=disabled",
         f"hydra.sweep.dir={sweep}",
     ]
     proc = cli(args, tmp_path)
