@@ -284,12 +284,17 @@ def test_a_diverged_optuna_trial_is_an_answer_and_the_search_exits_0(tmp_path) -
 
 def test_lora_study_adapts_with_lora_at_each_methods_chosen_point_of_the_grid() -> None:
     """The grid sweeps lr_point; the study reads each method's chosen point (lr_chosen) of the same grid."""
-    grid = {point: compose(["+sweeps=lora_grid", f"lr_point={point}"]) for point in ("low", "mid", "high")}
-    assert [cfg.optimizer.lr for cfg in grid.values()] == [3e-5, 1e-4, 3e-4]
-    for name in ("mezo", "conmezo"):
-        cfg = compose(["+sweeps=lora", f"optimizer={name}", "task=bbcnews", f"lr_chosen.{name}=high"])
+    points = ("low", "mid", "high", "top")
+    grid = {point: compose(["+sweeps=lora_grid", f"lr_point={point}"]) for point in points}
+    assert [cfg.optimizer.lr for cfg in grid.values()] == [3e-5, 1e-4, 3e-4, 1e-3]
+    for name, point in (("mezo", "high"), ("conmezo", "top")):
+        cfg = compose(["+sweeps=lora", f"optimizer={name}", "task=bbcnews", f"lr_chosen.{name}={point}"])
         validate(cfg)
-        assert (cfg.model.trainable, cfg.model.lora.r, cfg.optimizer.lr) == ("lora", 8, 3e-4)
+        assert (cfg.model.trainable, cfg.model.lora.r, cfg.optimizer.lr) == (
+            "lora",
+            8,
+            grid[point].optimizer.lr,
+        )
         assert (cfg.task.train_loss, cfg.log.align_every, cfg.ckpt.mode) == ("classification", 100, "log")
 
 
