@@ -201,7 +201,7 @@ def main(cfg: DictConfig) -> float | None:
     multirun = hydra_cfg.mode.name == "MULTIRUN"
     out_dir = Path(hydra_cfg.runtime.output_dir)
     try:
-        validate(cfg)
+        validate(cfg, hydra_cfg.overrides.task)
     except ConfigError as err:
         if multirun:  # one invalid grid point fails as its own job; the others run
             return job_failed(out_dir, err)

@@ -118,7 +118,7 @@ def stopped_at(monkeypatch: pytest.MonkeyPatch, args: list[str], out: Path, at: 
 )
 def test_every_key_is_typed_and_ranged(override: str, needle: str) -> None:
     with pytest.raises(ConfigError) as err:
-        validate(compose([*QUAD, override]))
+        validate(compose([*QUAD, override]), [override])
     assert needle in str(err.value) and "\n" not in str(err.value)
 
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from tests.conftest import ROOT
-from zo.config import validate
+from zo.config import ConfigError, validate
 
 
 def axis(values: str) -> list[str]:
@@ -311,6 +311,18 @@ def test_leaders_compares_the_methods_at_one_budget_of_forwards() -> None:
     # FZOO's grid is centred on MeZO's per-coordinate step; the reference's η stays as its own point
     fzoo = ["+sweeps=leaders", "optimizer=fzoo"]
     assert [compose([*fzoo, f"lr_point={p}"]).optimizer.lr for p in ("ref", "mid")] == [1e-5, 1e-3]
+
+
+def test_a_sweeps_tables_may_go_unread_but_a_typo_may_not() -> None:
+    """Overriding the key that reads a sweep's table (train.steps and optimizer.lr on the leaders
+    sweep: steps_by_optimizer and lr_grid) leaves the table unread, and the run goes. A top-level key
+    the command line adds, or a file's near miss of a real key, must still be read."""
+    leaders = ["+sweeps=leaders", "optimizer=fzoo", "train.steps=2", "optimizer.lr=1e-4"]
+    validate(compose(leaders), leaders)
+    with pytest.raises(ConfigError, match="^stepz is not a key of the config"):
+        validate(compose([*leaders, "+stepz={a: 1}"]), [*leaders, "+stepz={a: 1}"])
+    with pytest.raises(ConfigError, match="^trian is not a key of the config"):
+        validate(compose([*leaders, "+trian={steps: 3}"]), leaders)  # as if a file had put it there
 
 
 def test_every_result_file_the_docs_cite_is_in_the_repository() -> None:

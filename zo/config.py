@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import codecs
 import dataclasses
+import difflib
 import re
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -283,23 +285,36 @@ SECTIONS: dict[str, type] = {
 # hydra: present when a test composes with return_hydra_config. tuned_lr: a grid's measured η for the
 # run's model × task × optimizer (conf/tuned), which optimizer.lr reads unless the command line sets it.
 IGNORED = {"hydra", "tuned_lr"}
-# The top-level keys a run's settings live in. Anything else at the top is a lookup table that an
-# interpolation reads (validate refuses the rest), such as a sweep's lr_by_task: what the table picks
-# is in the key that reads it (optimizer.lr), so a resume compares these keys and not the tables.
+# The top-level keys a run's settings live in. Anything else at the top is a lookup table, such as a
+# sweep's lr_by_task: what the table picks is in the key that reads it (optimizer.lr), so a resume
+# compares these keys and not the tables.
 FLAGS = frozenset(f.name for f in dataclasses.fields(TopConfig))
 SCHEMA_KEYS = frozenset({"optimizer", *SECTIONS, *FLAGS})
 
 
-def validate(cfg: DictConfig) -> None:
-    """Every key's type, then its range, section by section; the first failure as one line."""
+def validate(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
+    """Every key's type, then its range, section by section; the first failure as one line.
+    `overrides`: the command line's, which tell a typo'd top-level key from a sweep's lookup table."""
     optim_config(cfg)
     for name, schema in SECTIONS.items():
         section(schema, values(cfg, name), name)
-    unknown = sorted(k for k in set(cfg) - SCHEMA_KEYS - IGNORED if not interpolated(cfg, k))
+    unknown = sorted(k for k in set(cfg) - SCHEMA_KEYS - IGNORED if not lookup_table(cfg, k, overrides))
     if unknown:
         keys = ", ".join(sorted(SCHEMA_KEYS))
         raise ConfigError(f"{unknown[0]} is not a key of the config; its keys: {keys}")
     section(TopConfig, values(OmegaConf.masked_copy(cfg, sorted(FLAGS & set(cfg)))), "")
+
+
+def lookup_table(cfg: DictConfig, key: str, overrides: Sequence[str]) -> bool:
+    """Whether an unknown top-level key is a lookup table rather than a typo. One that another value
+    reads is. So is one a config file put there, unless its name is a near miss of a real key
+    (`trian`): the command line may have overridden its reader (`train.steps=50` on a sweep whose
+    steps come from its steps_by_optimizer) and the run must still go. One the command line added
+    (`+stepz=5`) must be read."""
+    if interpolated(cfg, key):
+        return True
+    added = {o.lstrip("+~").split("=")[0].split(".")[0] for o in overrides if o.startswith("+")}
+    return key not in added and not difflib.get_close_matches(key, SCHEMA_KEYS, n=1, cutoff=0.8)
 
 
 def interpolated(cfg: DictConfig, key: str) -> bool:
