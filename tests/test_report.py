@@ -202,6 +202,15 @@ def test_unfinished_run_has_no_final_and_no_value_past_its_last_step(tmp_path: P
     assert row["test_at_best_dev"] == pytest.approx(accuracy(1.2, 0.9, 0, 60)) and row["best_step"] == 60
 
 
+def test_a_run_not_yet_trained_shows_only_the_theta_and_beta_it_was_given(tmp_path: Path) -> None:
+    """Before its first training row a run cannot say whether its optimizer uses θ and β: a grid point
+    that sets them keeps them, an FZOO run does not show the defaults every optimizer config carries."""
+    write_run(tmp_path / "cone", 1.2, 0.9, 0, last=0)
+    write_run(tmp_path / "fzoo", None, None, 0, last=0, optimizer="fzoo")
+    rows = {r["optimizer"]: r for r in runs_table(collect_runs(tmp_path), steps=(50,))}
+    assert (rows["conmezo"]["theta"], rows["conmezo"]["beta"]) == (1.2, 0.9)
+    assert (rows["fzoo"]["theta"], rows["fzoo"]["beta"], rows["fzoo"]["step"]) == (None, None, 0)
+
 def test_run_without_summary_is_read_from_hydra_files(tmp_path: Path) -> None:
     write_run(tmp_path / "r", 1.2, 0.9, 0)
     (tmp_path / "r" / "summary.json").unlink()

@@ -73,9 +73,14 @@ class Run:
         return tuple(sorted(o for o in self.overrides if override_key(o) not in SEED_KEYS))
 
     def uses(self, series: str) -> bool:
-        """Whether the optimizer uses θ ('theta') or β ('beta_t'): the runner logs null otherwise."""
+        """Whether the optimizer uses θ ('theta') or β ('beta_t'): the runner logs null otherwise.
+        Before its first training row a run cannot tell; it counts as using the ones its overrides
+        set (a heatmap's grid point keeps its θ and β), not the defaults every optimizer carries."""
         train = [r for r in self.rows if "lr" in r]
-        return not train or any(r.get(series) is not None for r in train)
+        if not train:
+            key = dict(zip(("theta", "beta_t"), CONE_KEYS, strict=True))[series]
+            return any(override_key(o) == key for o in self.overrides)
+        return any(r.get(series) is not None for r in train)
 
     def value_at(self, step: int | None, series: str | None = None) -> float | None:
         """`series` (default: the metric) of the last evaluation at or before `step` (None = the final one).
