@@ -211,6 +211,7 @@ def test_a_run_not_yet_trained_shows_only_the_theta_and_beta_it_was_given(tmp_pa
     assert (rows["conmezo"]["theta"], rows["conmezo"]["beta"]) == (1.2, 0.9)
     assert (rows["fzoo"]["theta"], rows["fzoo"]["beta"], rows["fzoo"]["step"]) == (None, None, 0)
 
+
 def test_run_without_summary_is_read_from_hydra_files(tmp_path: Path) -> None:
     write_run(tmp_path / "r", 1.2, 0.9, 0)
     (tmp_path / "r" / "summary.json").unlink()
