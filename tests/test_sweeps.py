@@ -71,7 +71,7 @@ SWEEPS = {
         dict(model="smollm2", batch=8, eps=1e-3, schedule="warmup"),
     ),
     "lora_grid": (
-        {"lr_point": axis("mid high top low"), "optimizer": axis("mezo conmezo"), "task": axis("bbcnews")},
+        {"lr_point": axis("mid high top top2 low"), "optimizer": axis("mezo conmezo"), "task": axis("bbcnews")},
         dict(model="smollm2", steps=300, batch=8, eps=1e-3, schedule="warmup"),
     ),
     "lora": (
@@ -284,10 +284,10 @@ def test_a_diverged_optuna_trial_is_an_answer_and_the_search_exits_0(tmp_path) -
 
 def test_lora_study_adapts_with_lora_at_each_methods_chosen_point_of_the_grid() -> None:
     """The grid sweeps lr_point; the study reads each method's chosen point (lr_chosen) of the same grid."""
-    points = ("low", "mid", "high", "top")
+    points = ("low", "mid", "high", "top", "top2")
     grid = {point: compose(["+sweeps=lora_grid", f"lr_point={point}"]) for point in points}
-    assert [cfg.optimizer.lr for cfg in grid.values()] == [3e-5, 1e-4, 3e-4, 1e-3]
-    for name, point in (("mezo", "high"), ("conmezo", "top")):
+    assert [cfg.optimizer.lr for cfg in grid.values()] == [3e-5, 1e-4, 3e-4, 1e-3, 3e-3]
+    for name, point in (("mezo", "high"), ("conmezo", "top2")):
         cfg = compose(["+sweeps=lora", f"optimizer={name}", "task=bbcnews", f"lr_chosen.{name}={point}"])
         validate(cfg)
         assert (cfg.model.trainable, cfg.model.lora.r, cfg.optimizer.lr) == (
