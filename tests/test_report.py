@@ -478,6 +478,10 @@ def test_speedup_steps_to_mezos_final_eval_loss_are_exact(study: Path) -> None:
         for seed, hit in zip(STUDY_SEEDS, seeds, strict=True):  # per seed: the first evaluation ≤ target
             reached = [s for s in EVAL_STEPS if eval_loss(SPEED[key], seed, s) <= target]
             assert hit == (reached[0] if reached else None)
+        # the scores there (mean over seeds): test accuracy by the write_run formula, dev the same for all
+        test_there = steps and statistics.fmean(accuracy(None, None, s, steps) for s in STUDY_SEEDS)
+        assert row["accuracy_at_reach"] == (pytest.approx(test_there) if steps else None), key
+        assert row["dev_accuracy_at_reach"] == (pytest.approx(dev_accuracy(steps)) if steps else None), key
 
 
 def test_speedup_bootstrap_interval_holds_the_estimate_and_is_reproducible(study: Path) -> None:
@@ -542,6 +546,9 @@ def test_speedup_counted_in_forwards_weighs_each_step_by_its_cost(tmp_path: Path
     )
     assert rows["mezo_momentum"]["speedup"] == pytest.approx(steps["mezo_momentum"]["speedup"])
     assert rows["conmezo"]["forwards_seed2"] == 240 and "steps" not in rows["conmezo"]
+    # the scores where the target is reached: at step 60 (240 forwards), not at "step 240"
+    assert rows["conmezo"]["accuracy_at_reach"] == pytest.approx(accuracy(None, None, 2, 60))
+    assert rows["conmezo"]["dev_accuracy_at_reach"] == pytest.approx(dev_accuracy(60))
     written = {p.name for p in report.report(runs, tmp_path / "out")}
     assert {"speedup.csv", "speedup_forwards.csv"} <= written
     write_run(tmp_path / "runs" / "old", None, None, 1, optimizer="mezo")  # logged before forwards were

@@ -71,7 +71,11 @@ SWEEPS = {
         dict(model="smollm2", batch=8, eps=1e-3, schedule="warmup"),
     ),
     "lora_grid": (
-        {"lr_point": axis("mid high top top2 low"), "optimizer": axis("mezo conmezo"), "task": axis("bbcnews")},
+        {
+            "lr_point": axis("mid high top top2 low"),
+            "optimizer": axis("mezo conmezo"),
+            "task": axis("bbcnews"),
+        },
         dict(model="smollm2", steps=300, batch=8, eps=1e-3, schedule="warmup"),
     ),
     "lora": (

@@ -13,7 +13,8 @@ Reads every run folder under the sweep (or a W&B project with --from-wandb) and 
     speedup.csv      steps each method needs to reach the baseline's final test eval_loss (mean over
                      its seeds; `--baseline`, default mezo), for the mean curve and per seed, and the
                      speedup baseline steps / method steps with a 95% bootstrap interval over seeds
-                     (`zo.report.speedup` says exactly how); printed as a table too;
+                     (`zo.report.speedup` says exactly how), and the metric on test and dev at the
+                     evaluation where the mean curve got there; printed as a table too;
                      `--smooth K` measures on trailing means of K evaluations instead
     speedup_dev.csv  the same on the dev split's eval loss, where the runs scored one
     speedup_forwards.csv  speedup.csv counted in forwards (each run's per-step `forwards` summed),

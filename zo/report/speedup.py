@@ -17,6 +17,9 @@ the interval is taken over those. The generator's seed is fixed and each (panel,
 from its own stream, seeded by its runs' names: a report is reproducible, and a row's interval
 does not move when the sweep is extended by another task or method.
 
+`<metric>_at_reach` and `dev_<metric>_at_reach` are the runs' scores (mean over seeds) at the
+evaluation where the mean curve reached the target: a method can match a loss and not the accuracy.
+
 `unit="forwards"` measures the same on the forwards each run had spent by each evaluation (the
 runner's per-step count, in batches; `Run.forwards_at`) instead of its steps: FZOO's step costs 9
 forwards, MeZO's 2, so "how many steps" and "how much compute" rank them differently.
@@ -116,8 +119,8 @@ class _Method:
         self, name: str, runs: list[Run], series: str, seed: int, resamples: int, smooth: int, unit: str
     ) -> None:
         self.name, self.runs, self.series, self.smooth, self.unit = name, runs, series, smooth, unit
-        steps, self.values = _table(runs, series)
-        self.steps = _spent(runs[0], steps, unit)  # the seeds of a method spend the same a step
+        self.trained, self.values = _table(runs, series)  # the evaluated training steps
+        self.steps = _spent(runs[0], self.trained, unit)  # the seeds of a method spend the same a step
         n = len(runs)
         self.draws = np.vstack([np.arange(n), _rng(seed, runs).integers(0, n, (resamples, n))])
 
@@ -131,6 +134,22 @@ class _Method:
         if not steps.size:
             return np.full(len(self.draws), np.nan)
         return _first_reach(steps, curves, targets)
+
+    def scores_at(self, reached: float) -> dict[str, float | None]:
+        """The run's metric on test and dev (mean over the seeds) at the evaluation where the mean
+        curve reached the target (`reached`, in the method's unit; NaN: nowhere): what the runs
+        score once they are as good as the baseline's end, so a method that gets there first in
+        loss but not in accuracy shows it."""
+        metric = self.runs[0].metric
+        names = (metric, f"dev_{metric}")
+        if np.isnan(reached):
+            return {f"{name}_at_reach": None for name in names}
+        step = int(self.trained[np.flatnonzero(self.steps == reached)[0]])
+        out = {}
+        for name in names:
+            values = [v for r in self.runs if (v := r.value_at(step, name)) is not None]
+            out[f"{name}_at_reach"] = float(np.mean(values)) if values else None
+        return out
 
     def seed_steps(self, run: Run, target: float) -> int | None:
         """The first step `run`'s own (smoothed) curve is at or below `target`: every step it logged."""
@@ -215,6 +234,7 @@ def _row(panel: str, baseline: str, method: _Method, targets: np.ndarray, ref_re
         "speedup_hi": high,
         "reached": float(np.mean(~np.isnan(reach[1:]))) if len(reach) > 1 else None,
         "resamples": len(reach) - 1,
+        **method.scores_at(reach[0]),
     }
     for run in sorted(method.runs, key=lambda r: r.get("train.seed") or 0):
         row[f"{method.unit}_seed{run.get('train.seed')}"] = method.seed_steps(run, target)
