@@ -33,9 +33,14 @@ def test_on_the_quadratic_the_batch_is_the_full_gradient_and_matches_the_live_lo
     assert rows[-1]["cos2_full"] > 5 * 1e-3  # by step 30 the momentum beats a random direction 5×
 
 
-def test_on_a_language_model_the_batch_column_is_what_the_run_logged(tmp_path: Path, needs_shared) -> None:
-    args = [*TINY, "optimizer=mezo_momentum", "train.steps=4", "log.align_every=2", "task.num_train=16"]
-    run_inprocess(args, tmp_path)
+@pytest.mark.parametrize("adapter", ["all", "lora"])
+def test_on_a_language_model_the_batch_column_is_what_the_run_logged(
+    tmp_path: Path, needs_shared, adapter: str
+) -> None:
+    """Full-parameter and through LoRA (the LoRA study aligns its runs: d is then the adapters')."""
+    args = [*TINY, "optimizer=mezo_momentum", "train.steps=4", "log.align_every=2", "task.num_train=16",
+            f"model.trainable={adapter}"]  # fmt: skip
+    summary = run_inprocess(args, tmp_path)
     assert main([str(tmp_path), "--every", "2", "--examples", "12", "--chunk", "5"]) == 0
     rows, live = rows_of(tmp_path), logged_alignment(tmp_path)
     assert [r["step"] for r in rows] == [2, 4]
@@ -44,6 +49,7 @@ def test_on_a_language_model_the_batch_column_is_what_the_run_logged(tmp_path: P
         assert r["examples"] == 12
         assert 0.0 < r["batch_full"] < 1.0  # 4 of the 16 examples do not point where all 12 do
         assert 0.0 <= r["cos2_full"] <= 1.0
+        assert r["inv_d"] == pytest.approx(1 / summary["params"])  # the trained parameters' d
 
 
 def test_a_log_shorter_than_every_is_refused_in_one_line(tmp_path: Path, capsys) -> None:

@@ -325,7 +325,9 @@ def with_adapters(model: nn.Module, cfg: ModelConfig) -> nn.Module:
             num_virtual_tokens=cfg.prefix["tokens"], task_type=peft.TaskType.CAUSAL_LM
         )
     try:
-        return peft.get_peft_model(model, config)
+        with warnings.catch_warnings():  # peft reads transformers' deprecated alias: not the user's to fix
+            warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+            return peft.get_peft_model(model, config)
     except ValueError as err:  # e.g. target modules the architecture does not have
         first = (str(err).strip().splitlines() or ["ValueError"])[0][:200]
         raise ZOError(
