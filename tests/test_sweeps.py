@@ -64,7 +64,7 @@ SWEEPS = {
     ),
     "leaders": (
         {
-            "lr_point": axis("mid low high"),
+            "lr_point": axis("mid high low"),
             "optimizer": axis("fzoo sparse_mezo r_adazo conmezo"),
             "task": axis("bbcnews"),
         },
