@@ -16,7 +16,7 @@ from zo.noise import normal_at, positions
 from zo.optim import build, names
 from zo.optim.base import OptimConfig
 from zo.optim.mezo import mezo_step
-from zo.quadratic import Quadratic
+from zo.quadratic import Quadratic, Quadratics
 from zo.rounding import round_to
 from zo.schedule import BetaSchedule
 
@@ -67,23 +67,24 @@ def test_mezo_estimator_is_unbiased() -> None:
 
 @pytest.mark.parametrize("unit_u", [True, False])
 def test_cone_estimator_mean_and_second_moments(unit_u: bool) -> None:
-    d, theta = 8, 1.2
+    """20,000 draws of z around a fixed m̂, as 20,000 rows of one step (`Rows`: each row is its own
+    problem with its own √d, ‖m‖ and u, from flat indices no other row uses; test_batched checks rows
+    against separate runs), not 20,000 steps of one problem: the same draws' law in one call."""
+    n, d, theta = 20000, 8, 1.2
     a = torch.tensor([1.0, -2.0, 0.5, 0.0, 1.5, -0.5, 2.0, 1.0])
-    model = Linear(a)
     cfg = OptimConfig(name="conmezo", eps=1e-2, theta=theta, unit_u=unit_u, fused=False)
-    opt = build(model, cfg, seed=3)
+    opt = build(Quadratics(torch.zeros(n, d), torch.ones(d)), cfg, seed=3)
     m_hat = torch.tensor([1.0, 1.0, 0, 0, 0, 0, 0, 0]) / math.sqrt(2)
-    opt.momentum[0].copy_(m_hat)
-    opt.m_norm = 1.0
-    n = 20000
-    total, second, g_sq = torch.zeros(d), 0.0, 0.0
-    for t in range(n):
-        opt.begin_step(t)
-        z = opt.direction(0)
-        proj = float(z @ a)
-        total += proj * z
-        second += proj**2
-        g_sq += proj**2 * float(z @ z)
+    opt.momentum[0].view(n, d).copy_(m_hat)
+    opt.m_norm = torch.ones(n, 1)
+    opt.begin_step(0)
+    z = opt.direction(0).view(n, d)
+    proj = z @ a
+    total, second, g_sq = (
+        (proj[:, None] * z).sum(0),
+        float((proj**2).sum()),
+        float((proj**2 * (z * z).sum(1)).sum()),
+    )
     c2, s2 = math.cos(theta) ** 2, math.sin(theta) ** 2
     alpha, a_sq = float(m_hat @ a), float(a @ a)
     expected = d * c2 * alpha * m_hat + s2 * a
