@@ -551,6 +551,14 @@ def test_speedup_counted_in_forwards_weighs_each_step_by_its_cost(tmp_path: Path
     assert rows["conmezo"]["dev_accuracy_at_reach"] == pytest.approx(dev_accuracy(60))
     written = {p.name for p in report.report(runs, tmp_path / "out")}
     assert {"speedup.csv", "speedup_forwards.csv"} <= written
+    # the curves against forwards: ConMeZO's evaluation at step 20 comes after 80 of them
+    spent = {c.label: c for c in report.series_data(runs, ["eval_loss"], x="forwards")}
+    assert spent["conmezo"].steps == [4 * s for s in EVAL_STEPS] and spent["conmezo"].x == "forwards"
+    assert spent["conmezo"].mean == pytest.approx([eval_loss(2.0, 2, s) for s in EVAL_STEPS])
+    assert spent["mezo"].steps == [2 * s for s in EVAL_STEPS]
+    drawn = read_csv(tmp_path / "out" / "curves_eval_loss_forwards.csv")
+    assert [float(r["forwards"]) for r in drawn if r["label"] == "conmezo"] == spent["conmezo"].steps
+    assert {"curves_eval_loss_forwards.png", "curves_eval_loss_forwards.svg"} <= written
     write_run(tmp_path / "runs" / "old", None, None, 1, optimizer="mezo")  # logged before forwards were
     assert not report.counts_forwards(collect_runs(tmp_path / "runs"))
     with pytest.raises(ReportError, match="logged no forwards"):

@@ -9,6 +9,8 @@ Reads every run folder under the sweep (or a W&B project with --from-wandb) and 
     curves.*         metric and training loss vs step, mean ± std over seeds, one line per setting
     curves_<name>.*  one evaluated series vs step, mean ± std over seeds: the test eval_loss and the
                      metric, where logged, unless `--series eval_loss dev_eval_loss ...` names others
+    curves_<name>_forwards.*  the same against the forwards spent by each evaluation, where every
+                     run logged them
     alignment.*      cos²(momentum, gradient) vs step against each panel's 1/d (a random direction)
     speedup.csv      steps each method needs to reach the baseline's final test eval_loss (mean over
                      its seeds; `--baseline`, default mezo), for the mean curve and per seed, and the

@@ -124,6 +124,11 @@ def report(
         if curves:
             write_csv(out / f"curves_{name}.csv", [p for c in curves for p in c.points()])
             figures.append(plot_curves(curves, out, f"curves_{name}"))
+        # Against forwards too, where every run counted them: a step of FZOO is 9 of MeZO's 2.
+        if curves and counts_forwards(runs):
+            spent = series_data(runs, [name], x="forwards")
+            write_csv(out / f"curves_{name}_forwards.csv", [p for c in spent for p in c.points()])
+            figures.append(plot_curves(spent, out, f"curves_{name}_forwards"))
     aligned, inv_d = alignment_data(runs)
     if aligned:
         write_csv(

@@ -169,15 +169,16 @@ class Curve:
     label: str
     panel: str
     series: str  # the metric's name, "train_loss" or "align_cos2"
-    steps: list[int]
+    steps: list[float]  # the x axis, in `x`'s unit
     mean: list[float]
     std: list[float]
     n: list[int]
+    x: str = "step"  # what `steps` count: "step", or "forwards" (those spent by each evaluation)
 
     def points(self) -> list[dict]:
         head = {"panel": self.panel, "label": self.label, "series": self.series}
         return [
-            {**head, "step": s, "mean": m, "std": d, "n": k}
+            {**head, self.x: s, "mean": m, "std": d, "n": k}
             for s, m, d, k in zip(self.steps, self.mean, self.std, self.n, strict=True)
         ]
 
@@ -187,10 +188,11 @@ def _curve(
     name: str,
     panel: str,
     series: str,
-    points: Callable[[Run], Iterable[tuple[int, float]]],
+    points: Callable[[Run], Iterable[tuple[float, float]]],
+    x: str = "step",
 ) -> Curve:
-    """Aggregate the (step, value) points of each run step by step."""
-    by_step: dict[int, list[float]] = defaultdict(list)
+    """Aggregate the (x, value) points of each run x by x."""
+    by_step: dict[float, list[float]] = defaultdict(list)
     for run in members:
         for step, value in points(run):
             by_step[step].append(value)
@@ -204,6 +206,7 @@ def _curve(
         mean=[m for m, _ in stats],
         std=[d for _, d in stats],
         n=[len(by_step[s]) for s in steps],
+        x=x,
     )
 
 
@@ -221,9 +224,17 @@ def lines(runs: list[Run]) -> list[tuple[str, str, list[Run]]]:
     return out
 
 
-def _evaluated(members: list[Run], name: str, panel: str, series: str) -> Curve:
-    """A series logged at the evaluations (the metric, eval_loss, dev_accuracy, ...)."""
-    return _curve(members, name, panel, series, _values(series, lambda r: r.evals))
+def _evaluated(members: list[Run], name: str, panel: str, series: str, x: str = "step") -> Curve:
+    """A series logged at the evaluations (the metric, eval_loss, dev_accuracy, ...), against the
+    step or (x = "forwards") the forwards spent by then (every run must have logged them)."""
+    if x == "step":
+        return _curve(members, name, panel, series, _values(series, lambda r: r.evals))
+
+    def spent(run: Run) -> Iterable[tuple[float, float]]:
+        rows = [r for r in run.evals if r.get(series) is not None]
+        return zip(run.spent([r["step"] for r in rows]), (r[series] for r in rows), strict=True)
+
+    return _curve(members, name, panel, series, spent, x)
 
 
 def curves_data(runs: list[Run]) -> list[Curve]:
@@ -249,10 +260,11 @@ def default_series(runs: Iterable[Run]) -> list[str]:
     return list(dict.fromkeys(["eval_loss", *(run.metric for run in runs)]))
 
 
-def series_data(runs: list[Run], names: Sequence[str]) -> list[Curve]:
+def series_data(runs: list[Run], names: Sequence[str], x: str = "step") -> list[Curve]:
     """Per evaluated series (test `eval_loss`, `accuracy`, dev `dev_eval_loss`, ...) and group: its
-    values at the evaluations, mean ± std over seeds; a series a group never logged is left out."""
-    curves = [_evaluated(m, name, panel, series) for series in names for name, panel, m in lines(runs)]
+    values at the evaluations, mean ± std over seeds, against the step or (x = "forwards") the
+    forwards spent; a series a group never logged is left out."""
+    curves = [_evaluated(m, name, panel, series, x) for series in names for name, panel, m in lines(runs)]
     return [c for c in curves if c.steps]
 
 

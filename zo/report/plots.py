@@ -66,7 +66,7 @@ def _draw(ax, curve: Curve, color: tuple) -> None:
     few = len(curve.steps) <= 30  # evaluations (every 100 of 1000 steps): mark them; a lone one shows
     ax.plot(curve.steps, mean, label=curve.label, color=color, marker="o" if few else None, markersize=3)
     ax.fill_between(curve.steps, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
-    ax.set_xlabel("step")
+    ax.set_xlabel(curve.x)
 
 
 def _legend(fig, colors: dict[str, tuple], extra: Iterable = ()) -> None:

@@ -139,6 +139,13 @@ class Run:
             spent[step] = total
         return [spent[s] for s in steps]
 
+    def spent(self, steps: Sequence[int]) -> list[float]:
+        """`forwards_at`, for a report that needs them: a run that did not log them is an error."""
+        forwards = self.forwards_at(steps)
+        if forwards is None:
+            raise ReportError(f"{self.name} logged no forwards (a run from before the runner counted them)")
+        return forwards
+
     def mean_align_cos2(self) -> float | None:
         values = [r["align_cos2"] for r in self.rows if r.get("align_cos2") is not None]
         return statistics.fmean(values) if values else None

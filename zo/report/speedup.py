@@ -68,12 +68,7 @@ def _trailing(steps: np.ndarray, curves: np.ndarray, k: int) -> tuple[np.ndarray
 
 def _spent(run: Run, steps: np.ndarray, unit: str) -> np.ndarray:
     """`steps` in `unit`: themselves, or the forwards `run` had spent by each."""
-    if unit == "steps":
-        return steps
-    spent = run.forwards_at(steps.tolist())
-    if spent is None:
-        raise ReportError(f"{run.name} logged no forwards (a run from before the runner counted them)")
-    return np.array(spent, dtype=float)
+    return steps if unit == "steps" else np.array(run.spent(steps.tolist()), dtype=float)
 
 
 def counts_forwards(runs: list[Run]) -> bool:
