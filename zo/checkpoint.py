@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from zo import ZOError
+from zo.overrides import override_key
 
 NAME = "checkpoint.safetensors"
 LEGACY = "checkpoint.pt"  # the pickle format of earlier versions: refused, never unpickled
@@ -280,7 +281,7 @@ def held(out_dir: Path) -> Iterator[None]:
 def resume_command(out_dir: Path, overrides: list[str]) -> str:
     """The command that continues the run in out_dir: its own overrides, its folder, resume=true;
     with absolute paths, so it works when pasted anywhere."""
-    kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in _NOT_REPEATED]
+    kept = [o for o in overrides if override_key(o) not in _NOT_REPEATED]
     return shlex.join([sys.executable, str(LAUNCH), *kept, f"hydra.run.dir={out_dir}", "resume=true"])
 
 

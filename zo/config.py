@@ -33,6 +33,7 @@ from zo.models import KINDS, ModelConfig
 from zo.optim import get
 from zo.optim import names as optimizer_names
 from zo.optim.base import DTYPES, OptimConfig, ZOOptimizer
+from zo.overrides import override_key
 from zo.schedule import ScheduleConfig
 
 SOURCES = ("hub", "smollm2_wheel", "minilm_wheel", "tiny", "quadratic")
@@ -313,7 +314,7 @@ def lookup_table(cfg: DictConfig, key: str, overrides: Sequence[str]) -> bool:
     (`+stepz=5`) must be read."""
     if interpolated(cfg, key):
         return True
-    added = {o.lstrip("+~").split("=")[0].split(".")[0] for o in overrides if o.startswith("+")}
+    added = {override_key(o).split(".")[0] for o in overrides if o.startswith("+")}
     return key not in added and not difflib.get_close_matches(key, SCHEMA_KEYS, n=1, cutoff=0.8)
 
 

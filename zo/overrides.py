@@ -13,6 +13,11 @@ import difflib
 GRAMMAR = "https://hydra.cc/docs/advanced/override_grammar/basic/"
 
 
+def override_key(override: str) -> str:
+    """The dotted key of a command-line override: `+train.steps=5` and `~train.steps` give train.steps."""
+    return override.partition("=")[0].lstrip("+~")
+
+
 def one_line(err: BaseException, args: list[str]) -> str | None:
     """The one-line message for Hydra's error `err` about command line `args`, or None."""
     from hydra.errors import ConfigCompositionException, OverrideParseException

@@ -9,7 +9,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from zo.report.runs import CONE_KEYS, DEFAULT_STEPS, SHORT, Run, override_key
+from zo.overrides import override_key
+from zo.report.runs import CONE_KEYS, DEFAULT_STEPS, SHORT, Run
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -36,7 +37,7 @@ def describe(overrides: Iterable[str], show: set[str]) -> str:
 
 def label(run: Run, show: set[str]) -> str:
     """Optimizer name plus the distinguishing overrides; θ and β only where the optimizer uses them."""
-    unused = {k for k, series in zip(CONE_KEYS, ("theta", "beta_t"), strict=True) if not run.uses(series)}
+    unused = {k for k in CONE_KEYS if not run.uses(k)}
     return " ".join(p for p in (run.get("optimizer.name") or "run", describe(run.key, show - unused)) if p)
 
 
@@ -73,8 +74,8 @@ def runs_table(
             "run": run.name,
             "overrides": " ".join(run.overrides),
             "optimizer": run.get("optimizer.name"),
-            "theta": run.get("optimizer.theta") if run.uses("theta") else None,
-            "beta": run.get("optimizer.beta") if run.uses("beta_t") else None,
+            "theta": run.get("optimizer.theta") if run.uses("optimizer.theta") else None,
+            "beta": run.get("optimizer.beta") if run.uses("optimizer.beta") else None,
             "lr": run.get("optimizer.lr"),
             "seed": run.get("train.seed"),
             "data_seed": run.get("task.data_seed"),

@@ -9,8 +9,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from zo.overrides import override_key
+
 SEED_KEYS = ("train.seed", "task.data_seed")
-CONE_KEYS = ("optimizer.theta", "optimizer.beta")
+CONE_SERIES = {"optimizer.theta": "theta", "optimizer.beta": "beta_t"}  # cone key: the series it logs as
+CONE_KEYS = tuple(CONE_SERIES)
 PANEL_FREE = (*CONE_KEYS, "optimizer")  # what the lines (or cells) of one panel may differ in
 DEFAULT_STEPS = (1000, 3000, 6000)  # the ConMeZO paper's Table 11 checkpoints
 SHORT = {"optimizer.theta": "θ", "optimizer.beta": "β", "optimizer.lr": "η", "optimizer.eps": "λ"}
@@ -72,15 +75,14 @@ class Run:
         """The overrides that define the run's setting: everything but its seeds."""
         return tuple(sorted(o for o in self.overrides if override_key(o) not in SEED_KEYS))
 
-    def uses(self, series: str) -> bool:
-        """Whether the optimizer uses θ ('theta') or β ('beta_t'): the runner logs null otherwise.
+    def uses(self, key: str) -> bool:
+        """Whether the optimizer uses θ or β (a key of CONE_SERIES): the runner logs null otherwise.
         Before its first training row a run cannot tell; it counts as using the ones its overrides
         set (a heatmap's grid point keeps its θ and β), not the defaults every optimizer carries."""
         train = [r for r in self.rows if "lr" in r]
         if not train:
-            key = dict(zip(("theta", "beta_t"), CONE_KEYS, strict=True))[series]
             return any(override_key(o) == key for o in self.overrides)
-        return any(r.get(series) is not None for r in train)
+        return any(r.get(CONE_SERIES[key]) is not None for r in train)
 
     def value_at(self, step: int | None, series: str | None = None) -> float | None:
         """`series` (default: the metric) of the last evaluation at or before `step` (None = the final one).
@@ -154,10 +156,6 @@ class Run:
 def is_loss(series: str) -> bool:
     """Whether lower is better: losses (eval_loss, the quadratic's loss) against scores (accuracy, f1)."""
     return series.endswith("loss")
-
-
-def override_key(override: str) -> str:
-    return override.partition("=")[0].lstrip("+~")
 
 
 def infer_metric(rows: list[dict], summary: dict) -> str:
