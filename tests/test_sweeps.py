@@ -300,8 +300,9 @@ def test_lora_study_adapts_with_lora_at_each_methods_chosen_point_of_the_grid() 
             grid[point].optimizer.lr,
         )
         assert (cfg.task.train_loss, cfg.log.align_every, cfg.ckpt.mode) == ("classification", 100, "log")
-    for name in ("mezo", "conmezo"):  # the grid's choice (docs/results.md §5): both at 1e-3
-        assert compose(["+sweeps=lora", f"optimizer={name}", "task=bbcnews"]).optimizer.lr == 1e-3
+    # The grid's choice; ConMeZO's one point lower: its 1e-3 diverged in 1000 steps (docs/results.md §5).
+    for name, lr in (("mezo", 1e-3), ("conmezo", 3e-4)):
+        assert compose(["+sweeps=lora", f"optimizer={name}", "task=bbcnews"]).optimizer.lr == lr
 
 
 def test_leaders_compares_the_methods_at_one_budget_of_forwards() -> None:
