@@ -23,7 +23,7 @@ from torch import nn
 
 import zo.runner
 from tests.conftest import QUAD, ROOT, TINY, cli, compose, read_metrics, run_inprocess
-from zo import ZOError, checkpoint
+from zo import Diverged, ZOError, checkpoint
 from zo.config import SECTIONS, ConfigError, validate
 
 RUN_FILES = ("metrics.jsonl", "summary.json", "config.yaml", checkpoint.NAME, checkpoint.LEGACY)
@@ -394,7 +394,7 @@ def test_resume_with_other_settings_refuses_and_the_printed_command_resumes(tmp_
     assert "optimizer.lr=0.001 (now 5), train.seed=0 (now 7);" in line and "force=true starts over" in line
     assert files(out) == before
 
-    guards = ["train.diverge_factor=1e9", "train.stall_steps=50"]  # when to give up: a resume may change it
+    guards = ["train.diverge_factor=1e9", "train.diverge_eval=5", "train.stall_steps=50"]  # when to give up
     done = subprocess.run([*command, *guards], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     whole = tmp_path / "whole"
@@ -527,18 +527,45 @@ def test_ctrl_c_during_model_load_is_one_line_and_interrupted(tmp_path: Path) ->
     assert summary(out)["status"] == "interrupted"
 
 
-def test_diverging_and_stalled_runs_stop_as_failed(tmp_path: Path) -> None:
+def test_diverging_and_stalled_runs_stop_as_diverged(tmp_path: Path) -> None:
     with pytest.raises(
-        ZOError, match=r"diverged at step \d+: training loss .* times its first value .*lower"
+        Diverged, match=r"diverged at step \d+: training loss .* times its first value .*lower"
     ):
         run_inprocess([*QUAD, "optimizer.lr=1e6", "train.steps=50"], tmp_path / "big")
     rows = read_metrics(tmp_path / "big" / "metrics.jsonl")
-    assert summary(tmp_path / "big")["status"] == "failed" and rows[-1]["loss"] > 1e6 * rows[1]["loss"]
+    assert summary(tmp_path / "big")["status"] == "diverged" and rows[-1]["loss"] > 1e6 * rows[1]["loss"]
     # λ far below fp32's resolution at x: f(x+λz) == f(x−λz) on every step
     stall = [*QUAD, "optimizer.eps=1e-30", "train.steps=50", "train.stall_steps=5"]
-    with pytest.raises(ZOError, match="stalled at step 5: the projected gradient was exactly 0 for 5 steps"):
+    with pytest.raises(Diverged, match="stalled at step 5: the projected gradient was exactly 0 for 5 steps"):
         run_inprocess(stall, tmp_path / "flat")
-    assert summary(tmp_path / "flat")["status"] == "failed"
+    assert summary(tmp_path / "flat")["status"] == "diverged"
+
+
+def test_an_evaluation_far_above_step_0_stops_the_run_and_a_rerun_does_not_repeat_it(tmp_path: Path) -> None:
+    """train.diverge_eval on the quadratic (evaluated f(x): 14.18 at step 0, 22.8 at 5, 398.6 at 10 with
+    η = 3e-2): the run stops at the evaluation that crosses 2×, long before the training loss is 1e6×
+    its start. The same settings then stop at once, writing nothing; a loosened guard resumes from the
+    step-5 checkpoint (the training-loss guard ends it at step 18)."""
+    out = tmp_path / "run"
+    args = [*QUAD, "optimizer.lr=3e-2", "train.steps=30", "train.eval_every=5", "ckpt.every=5"]
+    with pytest.raises(
+        Diverged,
+        match=r"^diverged at step 10: loss 398\.585 is over 2 times its value at step 0 \(14\.1765\); lower",
+    ):
+        run_inprocess([*args, "train.diverge_eval=2"], out)
+    rows = read_metrics(out / "metrics.jsonl")
+    assert rows[-1]["step"] == 10 and rows[-1]["evaluated"] and rows[-1]["loss"] > 2 * rows[0]["loss"]
+    assert summary(out)["status"] == "diverged"
+    logged = (out / "metrics.jsonl").read_bytes()
+    with pytest.raises(
+        Diverged, match=f"^{re.escape(str(out))} already diverged at step 10 with these settings"
+    ):
+        run_inprocess([*args, "train.diverge_eval=2"], out)
+    assert (out / "metrics.jsonl").read_bytes() == logged and summary(out)["status"] == "diverged"
+    with pytest.raises(Diverged, match=r"^diverged at step 18: training loss"):  # resumed at step 5
+        run_inprocess([*args, "train.diverge_eval=0"], out)
+    again = read_metrics(out / "metrics.jsonl")
+    assert again[: len(rows)] == rows and again[-1]["step"] == 18
 
 
 def test_wandb_online_without_login_is_one_line(tmp_path: Path) -> None:

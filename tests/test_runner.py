@@ -110,7 +110,7 @@ def test_nan_loss_stops_with_one_line_and_keeps_metrics(tmp_path: Path, needs_sh
     rows = read_metrics(out / "metrics.jsonl")
     assert [r["step"] for r in rows] == [0] and 0.0 <= rows[0]["accuracy"] <= 1.0
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["status"] == "failed" and "not finite" in summary["error"]
+    assert summary["status"] == "diverged" and "not finite" in summary["error"]
 
 
 @pytest.mark.parametrize(

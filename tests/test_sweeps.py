@@ -182,7 +182,10 @@ def test_readme_lists_every_sweep_with_its_command() -> None:
     results = (ROOT / "results" / "README.md").read_text()
     for name in STUDIES:  # each committed study: what it holds and the command that remakes it
         assert f"+sweeps={name}" in results and f"results/{name}" in results
-        assert {p.name for p in (ROOT / "results").iterdir() if p.is_dir()} <= set(STUDIES)
+    for folder in (
+        ROOT / "results"
+    ).iterdir():  # and every folder there has its row (a study's set-aside runs too)
+        assert not folder.is_dir() or f"| `results/{folder.name}/` |" in results
 
 
 COMPARED = ("mezo", "conmezo", "meazo", "zo_adam", "loren", "hizoo", "lozo")
@@ -265,7 +268,7 @@ def test_a_diverged_optuna_trial_is_an_answer_and_the_search_exits_0(tmp_path) -
     trials = [json.loads((sweep / str(n) / "summary.json").read_text()) for n in range(4)]
     by_lr = {lr: [t for t in trials if t["config"]["optimizer"]["lr"] == lr] for lr in (1e-4, 100.0)}
     assert by_lr[1e-4] and by_lr[100.0]  # the sampler (seed 0) tried both
-    assert all(t["status"] == "failed" and "diverged at step" in t["error"] for t in by_lr[100.0])
+    assert all(t["status"] == "diverged" and "diverged at step" in t["error"] for t in by_lr[100.0])
     assert all(t["status"] == "finished" for t in by_lr[1e-4])
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert best["best_params"]["optimizer.lr"] == pytest.approx(1e-4)

@@ -18,7 +18,8 @@ checkpoint whole.
 
 `inspect` decides, before anything loads or is written, what a run may do with its
 output folder: resume from the checkpoint (when the trajectory-changing config agrees),
-skip a finished run, start fresh, or refuse with one line. Nothing is ever deleted:
+skip a finished run, stop at once as a diverged run diverged again (same guards), start
+fresh, or refuse with one line. Nothing is ever deleted:
 `force=true` moves the old files into `old-<time>/`.
 """
 
@@ -41,7 +42,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from zo import ZOError
+from zo import Diverged, ZOError
 from zo.overrides import override_key
 
 NAME = "checkpoint.safetensors"
@@ -66,11 +67,16 @@ FREE = (
     "train.device",
     "train.stall_steps",
     "train.diverge_factor",
+    "train.diverge_eval",
     "model.device_map",
     "model.max_memory",
     "data.root",
     "optimizer.fused",
 )
+# The guards that decide a run diverged, with their values for a run saved before the key existed. A
+# diverged run is skipped on a rerun with the same guards (its trajectory would diverge again); loosened
+# guards resume it from its checkpoint.
+GUARDS = {"diverge_factor": 1.0e6, "diverge_eval": 0, "stall_steps": 100}
 # Keys added after runs were saved, with the value such a run used without them: its config lacks the
 # key, and a rerun or resume with that value (the key's default) is the same run.
 ADDED = {"optimizer.noise": "gaussian"}
@@ -359,6 +365,12 @@ def inspect(out_dir: Path, config: dict, compared: Collection[str]) -> Folder:
             differences(summary.get("config", {}), config, compared), f"{where} (finished) with", out_dir
         )
         return Folder(finished=summary, held_run=True)
+    if summary.get("status") == "diverged" and guards(summary.get("config", {})) == guards(config):
+        raise Diverged(
+            f"{out_dir} already diverged at step {summary.get('step')} with these settings: lower "
+            "optimizer.lr; loosen train.diverge_factor, diverge_eval or stall_steps to resume it; "
+            f"{start_over(out_dir)}"
+        )
     if ckpt.exists():
         header = read_header(ckpt)
         command = resume_command(out_dir, header["config"].get("overrides", []))
@@ -374,6 +386,12 @@ def inspect(out_dir: Path, config: dict, compared: Collection[str]) -> Folder:
         f"{where} ({out_dir / 'metrics.jsonl'} has training rows) but no checkpoint to resume from "
         f"(ckpt.every=N writes one every N steps): {start_over(out_dir)}"
     )
+
+
+def guards(config: dict) -> dict:
+    """The divergence guards `config` ran under."""
+    train = config.get("train", {})
+    return {key: train.get(key, default) for key, default in GUARDS.items()}
 
 
 def refuse_if_changed(changed: list[str], what: str, out_dir: Path, command: str | None = None) -> None:

@@ -62,6 +62,7 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"]
     stall_steps: int
     diverge_factor: float
+    diverge_eval: float
     shards: int
 
     def checks(self) -> Checks:
@@ -79,6 +80,7 @@ class TrainConfig:
                 self.diverge_factor == 0 or self.diverge_factor > 1,
                 "0 (off) or a factor > 1",
             ),
+            "diverge_eval": (self.diverge_eval == 0 or self.diverge_eval > 1, "0 (off) or a factor > 1"),
         }
 
 

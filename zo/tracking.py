@@ -7,7 +7,7 @@ job keeps everything up to its last step.
 `RunRecord` owns all of it for one run, and is the one place where a run ends:
 whatever leaves the `with` block (the loop finishing, a signal, a divergence, an
 exception of any kind, Ctrl-C during model load) sets summary.json's status
-(`finished|interrupted|failed`) and its one-line error, with the command that
+(`finished|interrupted|diverged|failed`) and its one-line error, with the command that
 resumes the run when there is something to resume.
 """
 
@@ -195,8 +195,8 @@ class RunRecord:
     the run owns its files. Leaving the block writes the summary with its status:
     KeyboardInterrupt (Ctrl-C, or a signal before training starts) is `interrupted` and
     swallowed, so `run` returns the summary; SystemExit (a Slurm requeue) is `interrupted` and
-    passed on; every other exception is `failed`, and the project's own errors (and running
-    out of memory) come out as one ZOError line that ends with how to resume.
+    passed on; Diverged is `diverged`; every other exception is `failed`, and the project's own
+    errors (and running out of memory) come out as one ZOError line that ends with how to resume.
     """
 
     def __init__(self, out_dir: Path, cfg: DictConfig, folder: Folder) -> None:
@@ -274,6 +274,7 @@ class RunRecord:
             self.times.append(row["step_time_s"])
         if evaluated:
             self._evaluated(row)
+            self._watch_eval(row)
         if row["step"] >= 1:
             self._watch(row["step"], row["loss"], row["projected_grad"])
 
@@ -289,6 +290,26 @@ class RunRecord:
         if best is None or (value < best[select] if lower else value > best[select]):
             self.summary["best"] = {metric: row[metric], select: value, "step": row["step"]}
             self.summary["test_at_best_dev"] = row[metric] if select.startswith("dev_") else None
+
+    def _watch_eval(self, row: dict) -> None:
+        """Divergence as the evaluation sees it: its loss (the dev split's where there is one; the
+        quadratic's f(x)) far above its step-0 value. Steadier than one batch's training loss, so a
+        factor of 2 can stop a run that wanders off long before the training loss reaches
+        diverge_factor times its start."""
+        factor, start = self.cfg.train.diverge_eval, self.summary["initial"] or {}
+        key = next((k for k in ("dev_eval_loss", "eval_loss", "loss") if k in row and k in start), None)
+        if (
+            not factor
+            or key is None
+            or row["step"] == 0
+            or start[key] <= 0
+            or row[key] <= factor * start[key]
+        ):
+            return
+        raise Diverged(
+            f"diverged at step {row['step']}: {key} {row[key]:.6g} is over {factor:g} times its value at "
+            f"step 0 ({start[key]:.6g}); lower optimizer.lr (train.diverge_eval=0: no check)"
+        )
 
     def _watch(self, step: int, loss: float, projected: float) -> None:
         """Divergence: the training loss far above its first value, or an estimate stuck at exactly
@@ -358,6 +379,8 @@ class RunRecord:
             status, text = "interrupted", f"interrupted ({err or 'Ctrl-C'}) {where}"
         elif isinstance(err, SystemExit):
             status, text = "interrupted", f"job exited (code {err.code}) {where}"
+        elif isinstance(err, Diverged):  # the same settings diverge again: a rerun skips it (zo.checkpoint)
+            status, text = "diverged", str(err)
         elif isinstance(err, torch.OutOfMemoryError):
             first = str(err).strip().splitlines()[0][:160]
             status, text = "failed", (f"out of memory {where} ({first}): lower train.batch_size or "
