@@ -562,6 +562,8 @@ def test_an_evaluation_far_above_step_0_stops_the_run_and_a_rerun_does_not_repea
     ):
         run_inprocess([*args, "train.diverge_eval=2"], out)
     assert (out / "metrics.jsonl").read_bytes() == logged and summary(out)["status"] == "diverged"
+    with pytest.raises(ZOError, match=r"was written with other settings: optimizer.lr=0.03 \(now 0.01\)"):
+        run_inprocess([*args, "train.diverge_eval=2", "optimizer.lr=1e-2"], out)  # not "already diverged"
     with pytest.raises(Diverged, match=r"^diverged at step 18: training loss"):  # resumed at step 5
         run_inprocess([*args, "train.diverge_eval=0"], out)
     again = read_metrics(out / "metrics.jsonl")

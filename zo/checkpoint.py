@@ -360,12 +360,15 @@ def inspect(out_dir: Path, config: dict, compared: Collection[str]) -> Folder:
     where = f"{out_dir} already holds a run"
     if not resume:
         raise ZOError(f"{where}: resume=true continues it; {start_over(out_dir)}")
+    saved = summary.get("config", {})
     if finished:
-        refuse_if_changed(
-            differences(summary.get("config", {}), config, compared), f"{where} (finished) with", out_dir
-        )
+        refuse_if_changed(differences(saved, config, compared), f"{where} (finished) with", out_dir)
         return Folder(finished=summary, held_run=True)
-    if summary.get("status") == "diverged" and guards(summary.get("config", {})) == guards(config):
+    if (
+        summary.get("status") == "diverged"
+        and guards(saved) == guards(config)
+        and not differences(saved, config, compared)
+    ):  # the same run would diverge again; other settings go on to the checkpoint's check below
         raise Diverged(
             f"{out_dir} already diverged at step {summary.get('step')} with these settings: lower "
             "optimizer.lr; loosen train.diverge_factor, diverge_eval or stall_steps to resume it; "
