@@ -182,9 +182,8 @@ def test_readme_lists_every_sweep_with_its_command() -> None:
     results = (ROOT / "results" / "README.md").read_text()
     for name in STUDIES:  # each committed study: what it holds and the command that remakes it
         assert f"+sweeps={name}" in results and f"results/{name}" in results
-    for folder in (
-        ROOT / "results"
-    ).iterdir():  # and every folder there has its row (a study's set-aside runs too)
+    # And every folder there has its row (a study's set-aside runs too).
+    for folder in (ROOT / "results").iterdir():
         assert not folder.is_dir() or f"| `results/{folder.name}/` |" in results
 
 

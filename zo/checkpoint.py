@@ -51,11 +51,15 @@ FORMAT = "zo-checkpoint/1"
 # What force=true moves aside (the saved model too: a rerun must not leave an old model beside new metrics).
 RUN_FILES = ("metrics.jsonl", "summary.json", "config.yaml", NAME, LEGACY, "wandb", "model", "trajectory.bin",
              "trajectory.json", "predictions.jsonl")  # fmt: skip
+# The divergence and stall guards: they only decide when to give up on a run, so a resume may tighten or
+# loosen them. A diverged run is stopped at once on a rerun with the same guards (its trajectory would
+# diverge again); loosened guards resume it from its checkpoint.
+GUARDS = ("train.stall_steps", "train.diverge_factor", "train.diverge_eval")
 # Keys that may differ between a run and its resume: where and how the run is watched, stored and
 # executed, never what it computes. (optimizer.fused runs the same math compiled or eagerly; a device
-# map places the same math, whose noise does not depend on where it runs; the divergence and stall
-# guards only decide when to give up on a run, so a resume may tighten or loosen them.)
+# map places the same math, whose noise does not depend on where it runs.)
 FREE = (
+    *GUARDS,
     "log.",
     "ckpt.",
     "save.",
@@ -65,21 +69,14 @@ FREE = (
     "train.eval_every",
     "train.eval_batch_size",
     "train.device",
-    "train.stall_steps",
-    "train.diverge_factor",
-    "train.diverge_eval",
     "model.device_map",
     "model.max_memory",
     "data.root",
     "optimizer.fused",
 )
-# The guards that decide a run diverged, with their values for a run saved before the key existed. A
-# diverged run is skipped on a rerun with the same guards (its trajectory would diverge again); loosened
-# guards resume it from its checkpoint.
-GUARDS = {"diverge_factor": 1.0e6, "diverge_eval": 0, "stall_steps": 100}
 # Keys added after runs were saved, with the value such a run used without them: its config lacks the
 # key, and a rerun or resume with that value (the key's default) is the same run.
-ADDED = {"optimizer.noise": "gaussian"}
+ADDED = {"optimizer.noise": "gaussian", "train.diverge_eval": 0}
 _DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
            torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
            torch.bool: "BOOL"}  # fmt: skip
@@ -391,10 +388,10 @@ def inspect(out_dir: Path, config: dict, compared: Collection[str]) -> Folder:
     )
 
 
-def guards(config: dict) -> dict:
-    """The divergence guards `config` ran under."""
-    train = config.get("train", {})
-    return {key: train.get(key, default) for key, default in GUARDS.items()}
+def guards(config: dict) -> dict[str, Any]:
+    """The divergence guards `config` ran under (a key added since it was saved: its ADDED value)."""
+    flat = ADDED | flat_keys(config)
+    return {key: flat.get(key) for key in GUARDS}
 
 
 def refuse_if_changed(changed: list[str], what: str, out_dir: Path, command: str | None = None) -> None:
